@@ -1,0 +1,14 @@
+"""Degradation operators (forward models) for the restoration tasks."""
+
+from .base import DEFAULT_SIGMA_Y, LinearOperator, Operator, cg
+from .blur import Blur, gaussian_kernel, kernel_from_file, motion_kernel, uniform_kernel
+from .inpainting import Inpainting, box_mask, freeform_mask, mask_from_file, random_mask
+from .nonlinear import HDR, PhaseRetrieval, Quantize
+from .resize import SuperResolution
+
+__all__ = [
+    "DEFAULT_SIGMA_Y", "Operator", "LinearOperator", "cg",
+    "Blur", "gaussian_kernel", "motion_kernel", "uniform_kernel", "kernel_from_file",
+    "Inpainting", "box_mask", "random_mask", "freeform_mask", "mask_from_file",
+    "SuperResolution", "PhaseRetrieval", "HDR", "Quantize",
+]

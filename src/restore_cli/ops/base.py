@@ -1,0 +1,144 @@
+"""Degradation operators: the forward model ``A`` kept apart from the noise.
+
+``A(x)`` is the clean, differentiable forward model on images in ``[0, 1]``;
+``forward(x, gens)`` (calling the operator) adds Gaussian noise of standard
+deviation ``sigma_y`` (in ``[0, 1]`` image units) drawn from one generator per
+image.  Linear operators also give ``A_adjoint`` (by default an autograd
+vector-Jacobian product, which is exact for a linear map, as P2L's Appendix E
+notes) and ``A_dagger`` (closed form where one exists, else conjugate
+gradients on the normal equations).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..rng import Generators, randn_like
+
+DEFAULT_SIGMA_Y = 0.01  # DiffStateGrad / PLoRG experiments; DPS and DAPS use 0.05
+
+
+class Operator(nn.Module):
+    """A measurement operator ``y = A(x) + sigma_y * n``.
+
+    ``residual_scale``: the reference codes of DPS, DAPS, PSLD and ReSample
+    measure images in ``[-1, 1]``; for the same image, a residual there is
+    ``residual_scale`` times the residual in our ``[0, 1]`` convention (2 for
+    linear operators and HDR, 1 for phase retrieval, which maps to ``[0, 1]``
+    first).  Solvers multiply residuals by it so that the papers' step sizes
+    keep their meaning.
+    """
+
+    linear: bool = False
+    in_shape: tuple[int, int, int]  # (C, H, W) of the images it measures
+    residual_scale: float = 2.0
+    name: str = "operator"
+
+    def __init__(self, in_shape, sigma_y: float = DEFAULT_SIGMA_Y):
+        super().__init__()
+        self.in_shape = tuple(int(v) for v in in_shape)
+        if len(self.in_shape) != 3:
+            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
+        if sigma_y < 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        self.sigma_y = float(sigma_y)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 - named like the math
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, gens: Generators | None = None) -> torch.Tensor:
+        y = self.A(x)
+        if self.sigma_y > 0:
+            if gens is None:
+                raise ValueError("a noisy measurement needs one generator per image")
+            y = y + self.sigma_y * randn_like(y, gens)
+        return y
+
+    def h_dagger(self, y: torch.Tensor) -> torch.Tensor:
+        """PiGDM's pseudo-inverse ``h^dagger`` (Eq. 8/9); linear operators use ``A_dagger``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no pseudo-inverse")
+
+    @property
+    def has_h_dagger(self) -> bool:
+        return type(self).h_dagger is not Operator.h_dagger
+
+    @property
+    def task_key(self) -> str:
+        """Key of the task-specific defaults of the solvers (``inpaint_box``, ``deblur_gaussian``, ...)."""
+        kind = getattr(self, "kind", None)
+        return f"{self.name}_{kind}" if kind else self.name
+
+    def params(self) -> dict:
+        """The operator's parameters, for the run record."""
+        return {"name": self.name, "task_key": self.task_key, "sigma_y": self.sigma_y}
+
+    def select(self, idx: torch.Tensor | list[int] | slice) -> "Operator":
+        """The operator restricted to some images of the batch (per-image parameters)."""
+        return self
+
+
+class LinearOperator(Operator):
+    linear = True
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        """``A^T y`` by a vector-Jacobian product (exact for a linear map)."""
+        x = torch.zeros((y.shape[0], *self.in_shape), dtype=y.dtype, device=y.device, requires_grad=True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.A(x), x, grad_outputs=y)
+        return g
+
+    def A_dagger(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        """Minimum-norm least-squares solution ``A^+ y`` by CG on ``A^T A x = A^T y``.
+
+        Subclasses override this with a closed form where one exists.
+        """
+        b = self.A_adjoint(y)
+        return cg(lambda v: self.A_adjoint(self.A(v)), b, iters=300, tol=1e-9)
+
+    def h_dagger(self, y: torch.Tensor) -> torch.Tensor:
+        return self.A_dagger(y)
+
+    def solve_AAt(self, v: torch.Tensor, r2: torch.Tensor | float, s2: float) -> torch.Tensor:  # noqa: N802
+        """``(r2 * A A^T + s2 * I)^{-1} v`` per image (PiGDM's Eq. 7); CG unless overridden."""
+        r2 = _per_image(r2, v)
+
+        def op(u):
+            return r2 * self.A(self.A_adjoint(u)) + s2 * u
+
+        return cg(op, v, iters=100, tol=1e-10)
+
+
+def _per_image(a, like: torch.Tensor) -> torch.Tensor:
+    a = torch.as_tensor(a, dtype=like.dtype, device=like.device)
+    return a.reshape(-1, *([1] * (like.dim() - 1))) if a.dim() > 0 else a
+
+
+def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor | None = None,
+       iters: int = 100, tol: float = 1e-8) -> torch.Tensor:
+    """Conjugate gradients for a symmetric positive semi-definite ``apply``, per image.
+
+    Every image of the batch (first dimension) is its own system; iteration
+    stops when every relative residual is below ``tol``.
+    """
+    dims = tuple(range(1, b.dim()))
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - apply(x)
+    p = r.clone()
+    rs = (r * r).sum(dims, keepdim=True)
+    bnorm = (b * b).sum(dims, keepdim=True).clamp_min(1e-30)
+    for _ in range(iters):
+        if bool((rs / bnorm).max() <= tol**2):
+            break
+        ap = apply(p)
+        denom = (p * ap).sum(dims, keepdim=True)
+        alpha = rs / torch.where(denom == 0, torch.ones_like(denom), denom)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = (r * r).sum(dims, keepdim=True)
+        beta = rs_new / torch.where(rs == 0, torch.ones_like(rs), rs)
+        p = r + beta * p
+        rs = rs_new
+    return x

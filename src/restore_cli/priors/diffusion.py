@@ -1,0 +1,74 @@
+"""A pixel diffusion prior from a diffusers ``UNet2DModel`` and its scheduler config.
+
+The network is a variance-preserving model; the Tweedie denoiser at a
+variance-exploding noise level ``sigma`` is
+
+    t      = the (fractional) timestep with sigma_t = sigma   (linear in log sigma)
+    x_vp   = x / sqrt(1 + sigma^2)
+    eps    : x0 = x - sigma * eps_theta(x_vp, t)                       (epsilon)
+    v      : x0 = sqrt(a) x_vp - sqrt(1 - a) v_theta(x_vp, t)           (v_prediction)
+    sample : x0 = x0_theta(x_vp, t)                                     (sample)
+
+with ``a = alpha_bar_t = 1 / (1 + sigma^2)``.  Models that also predict a
+variance (``2C`` output channels, as the DPS FFHQ/ImageNet checkpoints) use
+the first ``C`` channels.  ``clip`` clamps ``x0`` to ``[-1, 1]`` as the DPS
+code's ``clip_denoised=True`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Prior, Schedule, vp_scale
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+class DiffusionPrior(Prior):
+    name = "diffusion"
+
+    def __init__(self, unet, scheduler_config: dict, clip: bool = True, name: str | None = None):
+        cfg = dict(scheduler_config)
+        super().__init__(Schedule.from_scheduler_config(cfg), channels=unet.config.in_channels)
+        self.unet = unet.eval().requires_grad_(False)
+        self.prediction_type = cfg.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        self.clip = clip
+        self.sample_size = unet.config.sample_size
+        if name:
+            self.name = name
+
+    @classmethod
+    def from_pretrained(cls, source: str, revision: str | None = None, subfolder: str | None = None,
+                        scheduler_subfolder: str | None = None, clip: bool = True, **hub_kwargs) -> "DiffusionPrior":
+        """Load a UNet and its scheduler config from a Hub repo id or a local directory.
+
+        ``hub_kwargs`` go to ``from_pretrained`` (``cache_dir``, ``local_files_only``,
+        ``token``); safetensors weights are used when the repo has them.
+        """
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        unet = UNet2DModel.from_pretrained(source, revision=revision, subfolder=subfolder, **hub_kwargs)
+        sched_cfg = DDPMScheduler.load_config(source, revision=revision, subfolder=scheduler_subfolder, **hub_kwargs)
+        return cls(unet, sched_cfg, clip=clip, name=str(source))
+
+    def _denoise(self, x, sigma):
+        p = next(self.unet.parameters())
+        t = self.schedule.sigma_to_t(sigma.reshape(-1).detach().cpu()).to(device=x.device, dtype=torch.float32)
+        a_sqrt = vp_scale(sigma)
+        out = self.unet((x * a_sqrt).to(p.dtype), t).sample.to(x.dtype)
+        c = x.shape[1]
+        if out.shape[1] == 2 * c:  # learned variance: keep the mean prediction
+            out = out[:, :c]
+        if self.prediction_type == "epsilon":
+            x0 = x - sigma * out
+        elif self.prediction_type == "v_prediction":
+            x0 = a_sqrt * (x * a_sqrt) - (1 - a_sqrt**2).sqrt() * out
+        else:
+            x0 = out
+        return x0.clamp(-1, 1) if self.clip else x0
+
+    def info(self):
+        return {**super().info(), "prediction_type": self.prediction_type, "clip": self.clip,
+                "num_train_timesteps": self.schedule.num_train_timesteps}

@@ -1,0 +1,144 @@
+"""The loop shared by every solver, and the pieces of diffusion sampling they reuse.
+
+A solver walks a decreasing grid of noise levels ``sigma_0 > ... > sigma_N =
+0`` in the prior's model space, in the variance-exploding convention
+``x = x0 + sigma * eps``.  Only ``sigmas()`` and ``step()`` are per paper.
+Every solver counts denoiser evaluations (``nfe``, through the prior) and
+backward passes (``n_backward``); a callback receives each step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..ops import Operator
+from ..priors import Prior
+from ..rng import Generators, randn, randn_like
+from .projection import DiffStateGrad
+
+
+@dataclass
+class StepInfo:
+    step: int
+    total: int
+    sigma: float
+    x0: torch.Tensor  # current estimate of the clean sample (model space)
+
+
+@dataclass
+class Result:
+    """Restored images in ``[0, 1]`` and the cost of getting them (per image of the batch)."""
+
+    images: torch.Tensor
+    nfe: int
+    n_backward: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Callback = Callable[[StepInfo], None]
+
+
+def per_image_sq_norm(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).pow(2).sum(1)
+
+
+def ancestral_step(x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: float, noise: torch.Tensor | None,
+                   eta: float = 1.0) -> torch.Tensor:
+    """DDIM step from ``sigma`` to ``sigma_next`` with stochasticity ``eta`` (VE form).
+
+    ``eta = 1`` is DDPM's ancestral step, the Gaussian posterior
+    ``q(x_next | x, x0)``: mean ``x0 + (sigma_next^2 / sigma^2) (x - x0)``,
+    variance ``sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2``.  ``eta = 0``
+    is deterministic DDIM.  (In VP units these are DDPM's ``mu_tilde``,
+    ``beta_tilde`` and DDIM's ``sigma_t(eta)``, divided by ``sqrt(alpha_bar)``.)
+    """
+    if sigma_next <= 0:
+        return x0
+    up = eta * sigma_next * math.sqrt(max(sigma**2 - sigma_next**2, 0.0)) / sigma
+    down = math.sqrt(max(sigma_next**2 - up**2, 0.0))
+    eps = (x - x0) / sigma
+    out = x0 + down * eps
+    if up > 0:
+        out = out + up * noise
+    return out
+
+
+class Solver:
+    """Base class: ``run`` is the loop; subclasses give ``sigmas`` and ``step``.
+
+    ``defaults`` lists every hyperparameter with its default; ``task_defaults``
+    overrides some of them per task key (``inpaint_box``, ``superres``, ...),
+    as the papers' codes do.  Unknown hyperparameters are rejected.
+    """
+
+    name = "solver"
+    paper = ""
+    space = "pixel"
+    gradient_guided = True  # supports DiffStateGrad
+    linear_only = False
+    defaults: dict[str, Any] = {}
+    task_defaults: dict[str, dict[str, Any]] = {}
+    default_period = 1  # DiffStateGrad's F for this solver
+
+    def __init__(self, prior: Prior, op: Operator, diffstategrad: DiffStateGrad | None = None, **hparams):
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown hyperparameter(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(self.defaults))}")
+        if diffstategrad is not None and not self.gradient_guided:
+            raise ValueError(f"{self.name} has no measurement gradient for DiffStateGrad to project")
+        if self.linear_only and not op.linear:
+            raise ValueError(f"{self.name} needs a linear operator; {op.name} is not")
+        self.prior, self.op, self.dsg = prior, op, diffstategrad
+        self.hp = {**self.defaults, **self.task_defaults.get(op.task_key, {}), **hparams}
+        self.n_backward = 0
+
+    # -- per-paper ------------------------------------------------------------
+    def sigmas(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, i: int, x: torch.Tensor, y: torch.Tensor, sigma: float, sigma_next: float,
+             gens: Generators) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: returns ``(x_next, x0_estimate)``."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------
+    def residual(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y - A(D(x0))`` in the reference codes' units (see ``Operator.residual_scale``)."""
+        return self.op.residual_scale * (y - self.op.A(self.prior.decode(x0)))
+
+    def grad(self, out: torch.Tensor, wrt: torch.Tensor, grad_outputs=None) -> torch.Tensor:
+        self.n_backward += 1
+        (g,) = torch.autograd.grad(out, wrt, grad_outputs=grad_outputs)
+        return g
+
+    def init_x(self, y: torch.Tensor, gens: Generators, sigma_max: float) -> torch.Tensor:
+        shape = self.prior.model_shape(self.op.in_shape)
+        return sigma_max * randn(shape, gens, device=y.device, dtype=y.dtype)
+
+    def run(self, y: torch.Tensor, gens: Generators, callback: Callback | None = None) -> Result:
+        if y.shape[0] != len(gens):
+            raise ValueError(f"{y.shape[0]} measurements but {len(gens)} generators")
+        nfe0 = self.prior.nfe
+        sig = [float(s) for s in self.sigmas()]
+        x = self.init_x(y, gens, sig[0])
+        x0 = x
+        for i in range(len(sig) - 1):
+            x, x0 = self.step(i, x, y, sig[i], sig[i + 1], gens)
+            x, x0 = x.detach(), x0.detach()
+            if callback is not None:
+                callback(StepInfo(i, len(sig) - 1, sig[i], x0))
+        with torch.no_grad():
+            images = self.prior.decode(x).clamp(0, 1)
+        return Result(images, self.prior.nfe - nfe0, self.n_backward, {})
+
+    def params(self) -> dict:
+        return {"method": self.name, **self.hp,
+                "diffstategrad": None if self.dsg is None else self.dsg.params()}
+
+
+__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "per_image_sq_norm", "randn_like"]

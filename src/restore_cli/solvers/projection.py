@@ -1,0 +1,109 @@
+"""DiffStateGrad: project measurement gradients onto the diffusion state's subspace.
+
+Zirvi, Tolooshams & Anandkumar, "Diffusion State-Guided Projected Gradient
+for Inverse Problems" (ICLR 2025; its workshop version PLoRG gives the
+equations).  For a state ``z`` (per image and per channel an ``H x W``
+matrix) with SVD ``z = U S V^T``:
+
+* adaptive rank (PLoRG Alg. 1, lines 5-7): ``r = argmin_k { sum_{j<=k} s_j^2 /
+  sum_j s_j^2 >= tau }``, per image and per channel (``tau`` = ``var_cutoff``,
+  default 0.99);
+* projection (PLoRG Eq. 1 and Alg. 1, lines 8-11):
+  ``G' = U_r U_r^T G V_r V_r^T``;
+* applied every ``period``-th step (Appendix C.1: F = 1 for PSLD and DAPS,
+  F = 5 for ReSample's inner loop); the SVD is computed once per state and
+  reused, so it can sit inside an inner optimisation loop (ReSample, DAPS).
+
+``rank_mode="reference"`` reproduces the rank choice of the released code
+(``diffstategrad_utils.compute_rank_for_explained_variance``), documented in
+:func:`reference_rank`; the paper's rule is the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+RANK_MODES = ("paper", "reference")
+
+
+def paper_rank(s: torch.Tensor, tau: float) -> torch.Tensor:
+    """Smallest ``k`` whose cumulative energy ``sum_{j<=k} s_j^2 / sum s^2`` reaches ``tau``.
+
+    ``s``: singular values ``[..., K]`` in descending order; returns ``[...]`` ranks in ``1..K``.
+    """
+    e = s.to(torch.float64) ** 2
+    tot = e.sum(-1, keepdim=True)
+    c = torch.where(tot > 0, e.cumsum(-1) / torch.where(tot > 0, tot, torch.ones_like(tot)), torch.ones_like(e))
+    # number of k with c_k < tau, plus one; a tiny slack absorbs rounding at tau = 1
+    r = (c < tau - 1e-12).sum(-1) + 1
+    return r.clamp(max=s.shape[-1])
+
+
+def reference_rank(s: torch.Tensor, tau: float) -> torch.Tensor:
+    """The released code's rank, per image, broadcast to every channel.
+
+    PLACEHOLDER_REFERENCE_DOC
+    """
+    raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DiffStateGrad:
+    """Configuration of the projection: ``var_cutoff`` (tau), ``period`` (F) and the rank rule."""
+
+    var_cutoff: float = 0.99
+    period: int = 1
+    rank_mode: str = "paper"
+
+    def __post_init__(self):
+        if not 0.0 < self.var_cutoff <= 1.0:
+            raise ValueError(f"var_cutoff (tau) must be in (0, 1], got {self.var_cutoff}")
+        if int(self.period) != self.period or self.period < 1:
+            raise ValueError(f"period (F) must be a positive integer, got {self.period}")
+        if self.rank_mode not in RANK_MODES:
+            raise ValueError(f"rank_mode must be one of {RANK_MODES}, got {self.rank_mode!r}")
+
+    def at(self, state: torch.Tensor) -> "StateProjector":
+        """SVD of ``state`` ([B, C, H, W]) once; returns the projector it defines."""
+        z = state.detach().to(torch.float32 if state.dtype in (torch.float16, torch.bfloat16) else state.dtype)
+        u, s, vh = torch.linalg.svd(z, full_matrices=False)
+        rank = paper_rank(s, self.var_cutoff) if self.rank_mode == "paper" else reference_rank(s, self.var_cutoff)
+        k = torch.arange(s.shape[-1], device=s.device)
+        keep = (k < rank[..., None].to(s.device)).to(z.dtype)  # [B, C, K]
+        return StateProjector(u * keep[..., None, :], vh * keep[..., :, None], rank, self.period)
+
+    def params(self) -> dict:
+        return {"var_cutoff": self.var_cutoff, "period": self.period, "rank_mode": self.rank_mode}
+
+
+class StateProjector:
+    """``G -> U_r U_r^T G V_r V_r^T`` for one state; ``step % period != 0`` leaves ``G`` unchanged."""
+
+    def __init__(self, u_r: torch.Tensor, vh_r: torch.Tensor, rank: torch.Tensor, period: int):
+        self.u_r, self.vh_r, self.rank, self.period = u_r, vh_r, rank, int(period)
+
+    def project(self, g: torch.Tensor) -> torch.Tensor:
+        u, vh = self.u_r.to(g.dtype), self.vh_r.to(g.dtype)
+        inner = u.transpose(-2, -1) @ g @ vh.transpose(-2, -1)  # U_r^T G V_r   [.., K, K]
+        return u @ inner @ vh  # U_r (.) V_r^T
+
+    def __call__(self, g: torch.Tensor, step: int = 0) -> torch.Tensor:
+        if step % self.period != 0:
+            return g
+        return self.project(g)
+
+
+class Identity:
+    """Stand-in projector when DiffStateGrad is off."""
+
+    rank = None
+
+    def __call__(self, g, step: int = 0):
+        return g
+
+
+def projector(dsg: DiffStateGrad | None, state: torch.Tensor):
+    """``dsg.at(state)``, or the identity when ``dsg`` is ``None``."""
+    return Identity() if dsg is None else dsg.at(state)
