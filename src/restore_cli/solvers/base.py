@@ -34,6 +34,7 @@ class Result:
     """Restored images in ``[0, 1]`` and the cost of getting them (per image of the batch)."""
 
     images: torch.Tensor
+    model: torch.Tensor  # final sample in the prior's model space (unclamped)
     nfe: int
     n_backward: int
     extra: dict[str, Any] = field(default_factory=dict)
@@ -134,7 +135,7 @@ class Solver:
                 callback(StepInfo(i, len(sig) - 1, sig[i], x0))
         with torch.no_grad():
             images = self.prior.decode(x).clamp(0, 1)
-        return Result(images, self.prior.nfe - nfe0, self.n_backward, {})
+        return Result(images, x, self.prior.nfe - nfe0, self.n_backward, {})
 
     def params(self) -> dict:
         return {"method": self.name, **self.hp,

@@ -42,11 +42,26 @@ def paper_rank(s: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def reference_rank(s: torch.Tensor, tau: float) -> torch.Tensor:
-    """The released code's rank, per image, broadcast to every channel.
+    """The released code's rank, per image, shared by every channel.
 
-    PLACEHOLDER_REFERENCE_DOC
+    ``diffstategrad_utils.compute_svd_and_adaptive_rank`` passes the ``[C, K]``
+    singular values of a state as *one* array to
+    ``compute_rank_for_explained_variance``, where ``np.cumsum`` flattens the
+    channels: ``n`` is the number of squared singular values, taken channel
+    after channel, needed for the cumulative energy of *all* channels to reach
+    ``tau`` (``searchsorted(..) + 1``), and the rank is ``int(n / 3)`` (a
+    hard-coded 3).  With tau = 0.99 on an RGB state this lands in the last
+    channel and keeps about ``(2K + r_2) / 3`` directions, far more than the
+    paper's per-channel rule.  The code uses batch element 0 for the whole
+    batch; here each image gets its own.  ``s``: ``[B, C, K]``; returns ``[B, C]``
+    (capped at ``K``; it can be 0, as in the code).
     """
-    raise NotImplementedError
+    e = s.to(torch.float64) ** 2
+    flat = e.flatten(-2)  # [B, C*K], channel after channel
+    c = flat.cumsum(-1) / flat.sum(-1, keepdim=True)
+    n = (c < tau).sum(-1) + 1  # numpy searchsorted(side="left") + 1
+    r = torch.div(n, 3, rounding_mode="floor").clamp(max=s.shape[-1])
+    return r[:, None].expand(s.shape[:-1])
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,13 @@ def run_with_restarts(solver: Solver, y: torch.Tensor, gens: Generators, restart
             score = psnr(res.images, reference)
         scores_all.append(score)
         if best is None:
-            best, best_score = res.images.clone(), score.clone()
+            best, best_model, best_score = res.images.clone(), res.model.clone(), score.clone()
         else:
             better = score > best_score
             best[better] = res.images[better]
+            best_model[better] = res.model[better]
             best_score = torch.where(better, score, best_score)
     chosen = torch.stack(scores_all).argmax(0)
     extra = {"restarts": restarts, "restart_rule": "min_measurement_residual" if rule == "residual" else "oracle_max_psnr",
              "chosen_run": chosen.tolist()}
-    return Result(best, nfe, nb, extra)
+    return Result(best, best_model, nfe, nb, extra)
