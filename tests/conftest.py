@@ -3,6 +3,7 @@ import os
 # tests never touch the network: huggingface_hub reads this once, at import
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ["COLUMNS"] = "250"  # wide Rich tables in captured output
 
 import pytest
 import torch

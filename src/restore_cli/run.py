@@ -369,13 +369,18 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
     hp = solver.params()
     out_imgs = res.images.float().cpu()
     resid = measurement_residual(op, res.images, y)
-    metrics = {}
+    metrics: dict = {}
+    metric_errors: list[str] = []
     if ref is not None:
-        metrics["psnr"] = psnr(res.images, ref).tolist()
-        metrics["ssim"] = ssim(res.images, ref).tolist()
+        fns = {"psnr": lambda: psnr(res.images, ref), "ssim": lambda: ssim(res.images, ref)}
         if lp is not None:
-            with torch.no_grad():
-                metrics["lpips"] = lp(res.images.float(), ref.float()).double().tolist()
+            fns["lpips"] = lambda: lp(res.images.float(), ref.float()).double()
+        for name, fn in fns.items():
+            try:  # a metric that fails never loses the restored image
+                with torch.no_grad():
+                    metrics[name] = fn().tolist()
+            except Exception as e:  # noqa: BLE001
+                metric_errors.append(f"{name}: {_error_line(e)}")
     vis = op.visualize(y).float().cpu()
     for k, (i, img) in enumerate(batch):
         how = prepared[k][1]
@@ -394,7 +399,9 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
                     "lpips": metrics.get("lpips", [None] * len(batch))[k],
                     "residual": float(resid[k]), "nfe": res.nfe, "n_backward": res.n_backward,
                     "seconds": seconds, "operator": op.select([k]).params()})
-        if res.extra:
+        if metric_errors:
+            rec["metric_errors"] = metric_errors
+        if res.extra.get("restarts", 1) > 1:
             rec["restarts"] = {"rule": res.extra["restart_rule"], "chosen_run": res.extra["chosen_run"][k],
                                "count": res.extra["restarts"]}
         emit("image", {"stem": stem, "record": rec})

@@ -200,7 +200,17 @@ class LPIPS(nn.Module):
                 out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
         return out
 
+    min_side = 64
+
     def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Per-image LPIPS.  Images whose short side is under 64 pixels (Fashion-MNIST, tiny
+        crops) are first upsampled bilinearly to a short side of 64, because AlexNet's
+        strides and pools leave nothing of an image much smaller than that."""
+        side = min(x.shape[-2:])
+        if side < self.min_side:
+            size = [max(1, round(s * self.min_side / side)) for s in x.shape[-2:]]
+            x = torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+            ref = torch.nn.functional.interpolate(ref.float(), size=size, mode="bilinear", align_corners=False)
         if x.shape[1] == 1:
             x, ref = x.expand(-1, 3, -1, -1), ref.expand(-1, 3, -1, -1)
         fx, fr = self._feats(x.float()), self._feats(ref.float())
