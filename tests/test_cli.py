@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from restore_cli.cli import app
+from tests.conftest import tiny_unet
 
 runner = CliRunner()
 SCHEMA = json.loads(resources.files("restore_cli").joinpath("data/metrics.schema.json").read_text())
@@ -206,13 +207,10 @@ def test_unavailable_model_exits_1_with_a_hint(photos, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
 
-    torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny") / "tiny-ddpm"
-    UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(d / "unet")
+    tiny_unet(size=16).save_pretrained(d / "unet")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(d / "scheduler")
     return d
 

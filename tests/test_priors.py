@@ -5,6 +5,7 @@ import torch
 
 from restore_cli.priors import DiffusionPrior, GaussianPrior, Schedule
 from restore_cli.rng import make_generators
+from tests.conftest import tiny_unet
 
 
 def test_schedule_sigma_t_roundtrip():
@@ -45,21 +46,12 @@ def test_gaussian_samples_have_the_prior_covariance():
     torch.testing.assert_close(emp.mean(0), pr.mu.expand(64), atol=0.05, rtol=0)
 
 
-def _tiny_unet(out_channels=3, in_channels=3, size=8):
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=size, in_channels=in_channels, out_channels=out_channels,
-                       block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-
-
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_diffusion_prior_matches_diffusers_x0(prediction_type):
     """Our VE denoiser at sigma_t equals diffusers' own ``pred_original_sample`` at integer t."""
     from diffusers import DDPMScheduler
 
-    unet = _tiny_unet()
+    unet = tiny_unet()
     cfg = dict(num_train_timesteps=1000, beta_schedule="linear", prediction_type=prediction_type, clip_sample=False)
     prior = DiffusionPrior(unet, cfg, clip=False)
     sched = DDPMScheduler(**cfg)
@@ -74,7 +66,7 @@ def test_diffusion_prior_matches_diffusers_x0(prediction_type):
 
 
 def test_learned_variance_uses_mean_channels_and_clips():
-    unet = _tiny_unet(out_channels=6)
+    unet = tiny_unet(out_channels=6)
     prior = DiffusionPrior(unet, dict(num_train_timesteps=1000), clip=True)
     with torch.no_grad():
         x0 = prior.denoise(torch.randn(1, 3, 8, 8) * 50, 50.0)
@@ -85,7 +77,7 @@ def test_diffusion_prior_from_local_dir_and_offline_cache(tmp_path, monkeypatch)
     """Loads from a saved directory and from a pre-filled Hub cache with HF_HUB_OFFLINE=1."""
     from diffusers import DDPMScheduler
 
-    unet = _tiny_unet()
+    unet = tiny_unet()
     d = tmp_path / "model"
     unet.save_pretrained(d / "unet")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(d / "scheduler")

@@ -8,6 +8,7 @@ from restore_cli.ops import HDR, Inpainting, PhaseRetrieval, box_mask
 from restore_cli.priors import DiffusionPrior, GaussianPrior
 from restore_cli.rng import make_generators
 from restore_cli.solvers import DAPS, DPS, SOLVERS, DiffStateGrad, PiGDM, run_with_restarts
+from tests.conftest import tiny_unet
 
 FAST = {DPS: dict(steps=50), PiGDM: dict(steps=20), DAPS: dict(annealing_steps=8, langevin_steps=5)}
 
@@ -91,12 +92,7 @@ def test_phase_retrieval_restarts_keep_smallest_residual():
 
 
 def test_solvers_run_on_a_diffusers_unet_prior():
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=6, block_out_channels=(8, 16), layers_per_block=1,
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet = tiny_unet(out_channels=6)
     prior = DiffusionPrior(unet, dict(num_train_timesteps=1000))
     x = torch.rand(2, 3, 8, 8)
     op = Inpainting(box_mask(8, 8, make_generators(0, 2)), 3, kind="box")

@@ -73,7 +73,7 @@ class GaussianPrior(Prior):
 
     def _eig(self, h, w, device):
         """Eigenvalues of Sigma, ``[C, H, W]``: ``lam_c * s(f)``."""
-        return (self.lam[:, None, None] * self.spectrum(h, w)[None]).to(device)
+        return (self.lam[:, None, None] * self.spectrum(h, w).to(self.lam.device)[None]).to(device)
 
     def _spectral(self, v: torch.Tensor, fn) -> torch.Tensor:
         """``Q F^-1 diag(fn(eigs)) F Q^T v`` for ``v`` in ``[B, C, H, W]``."""

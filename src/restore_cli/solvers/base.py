@@ -112,6 +112,13 @@ class Solver:
         """``y - A(D(x0))`` in the reference codes' units (see ``Operator.residual_scale``)."""
         return self.op.residual_scale * (y - self.op.A(self.prior.decode(x0)))
 
+    def ddim_next(self, x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: float, gens: Generators,
+                  eta: float = 1.0) -> torch.Tensor:
+        """The unconditional step ``x'_next`` (DDPM ancestral for ``eta = 1``), noise from the images' generators."""
+        x0 = x0.detach()
+        noise = randn_like(x0, gens) if sigma_next > 0 and eta > 0 else None
+        return ancestral_step(x.detach(), x0, sigma, sigma_next, noise, eta)
+
     def grad(self, out: torch.Tensor, wrt: torch.Tensor, grad_outputs=None) -> torch.Tensor:
         self.n_backward += 1
         (g,) = torch.autograd.grad(out, wrt, grad_outputs=grad_outputs)
@@ -129,7 +136,8 @@ class Solver:
         x = self.init_x(y, gens, sig[0])
         x0 = x
         for i in range(len(sig) - 1):
-            x, x0 = self.step(i, x, y, sig[i], sig[i + 1], gens)
+            with torch.enable_grad():  # guidance differentiates the denoiser even if the caller disabled grad
+                x, x0 = self.step(i, x, y, sig[i], sig[i + 1], gens)
             x, x0 = x.detach(), x0.detach()
             if callback is not None:
                 callback(StepInfo(i, len(sig) - 1, sig[i], x0))

@@ -52,7 +52,7 @@ class DAPS(Solver):
     }
     # the code's per-task learning rates (pixel configs)
     task_defaults = {
-        "inpaint_box": {"lr": 5e-5}, "inpaint_freeform": {"lr": 5e-5}, "inpaint_random": {"lr": 1e-4},
+        "inpaint_box": {"lr": 5e-5}, "inpaint_freeform": {"lr": 5e-5}, "inpaint_file": {"lr": 5e-5}, "inpaint_random": {"lr": 1e-4},
         "deblur_gaussian": {"lr": 1e-4}, "deblur_motion": {"lr": 5e-5}, "superres": {"lr": 1e-4},
         "phase_retrieval": {"lr": 5e-5}, "hdr": {"lr": 2e-5},
     }
@@ -80,10 +80,9 @@ class DAPS(Solver):
         x0 = x0_hat.clone()
         for k in range(int(h["langevin_steps"])):
             x0.requires_grad_(True)
-            with torch.enable_grad():
-                loss = (per_image_sq_norm(self.residual(x0, y)) / (2 * h["tau"] ** 2)
-                        + per_image_sq_norm(x0 - x0_hat) / (2 * sigma**2)).sum()
-                g = self.grad(loss, x0)
+            loss = (per_image_sq_norm(self.residual(x0, y)) / (2 * h["tau"] ** 2)
+                    + per_image_sq_norm(x0 - x0_hat) / (2 * sigma**2)).sum()
+            g = self.grad(loss, x0)
             with torch.no_grad():
                 x0 = x0 - lr * proj(g, k) + math.sqrt(2 * lr) * randn_like(x0, gens)
                 bad = ~torch.isfinite(x0.flatten(1)).all(1)

@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from ..rng import randn_like
-from .base import Solver, ancestral_step
+from .base import Solver
 from .projection import projector
 
 
@@ -40,20 +37,17 @@ class DPS(Solver):
     paper = "Chung et al. 2023, Diffusion Posterior Sampling for General Noisy Inverse Problems"
     defaults = {"steps": 1000, "zeta": 0.3}
     task_defaults = {"inpaint_box": {"zeta": 0.5}, "inpaint_random": {"zeta": 0.5}, "inpaint_freeform": {"zeta": 0.5},
-                     "inpaint_custom": {"zeta": 0.5}, "phase_retrieval": {"zeta": 1.0}}
+                     "inpaint_file": {"zeta": 0.5}, "phase_retrieval": {"zeta": 1.0}}
 
     def sigmas(self):
         return self.prior.schedule.ddim_sigmas(int(self.hp["steps"]))
 
     def step(self, i, x, y, sigma, sigma_next, gens):
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            x0 = self.prior.denoise(x, sigma)
-            norm = self.residual(x0, y).flatten(1).norm(dim=1).sum()  # sum of per-image norms
-            g = self.grad(norm, x)
-        x0 = x0.detach()
-        noise = randn_like(x0, gens) if sigma_next > 0 else None
-        x_next = ancestral_step(x.detach(), x0, sigma, sigma_next, noise)
+        x0 = self.prior.denoise(x, sigma)
+        norm = self.residual(x0, y).flatten(1).norm(dim=1).sum()  # sum of per-image norms
+        g = self.grad(norm, x)
+        x_next = self.ddim_next(x, x0, sigma, sigma_next, gens)  # x'_{t-1}: DDPM ancestral step
         proj = projector(self.dsg, x_next)
         weight = self.hp["zeta"] * math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
-        return x_next - weight * proj(g, i), x0
+        return x_next - weight * proj(g, i), x0.detach()

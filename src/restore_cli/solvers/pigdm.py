@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ..rng import randn_like
-from .base import Solver, ancestral_step
+from .base import Solver
 from .projection import projector
 
 GUIDANCE = ("auto", "noisy", "noiseless")
@@ -64,22 +63,19 @@ class PiGDM(Solver):
 
     def step(self, i, x, y, sigma, sigma_next, gens):
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            x0 = self.prior.denoise(x, sigma)
-            with torch.no_grad():
-                img = self.prior.decode(x0)
-                if self.mode == "noisy":
-                    # model-space operator H_m(x0) = s * A((x0 + 1) / 2): slope c = s / 2, y_m - H_m x0 = s (y - A(img))
-                    r2 = sigma**2 / (1 + sigma**2)
-                    s = self.op.residual_scale
-                    c = s / 2
-                    v = self.op.solve_AAt(s * (y - self.op.A(img)), c**2, (s * self.op.sigma_y) ** 2 / r2)
-                    vec = c * self.op.A_adjoint(v)
-                else:
-                    vec = self.prior.encode(self.op.h_dagger(y)) - self.prior.encode(self.op.h_dagger(self.op.A(img)))
-            g = self.grad(x0, x, grad_outputs=vec)
-        x0 = x0.detach()
-        noise = randn_like(x0, gens) if sigma_next > 0 else None
-        x_next = ancestral_step(x.detach(), x0, sigma, sigma_next, noise, eta=self.hp["eta"])
+        x0 = self.prior.denoise(x, sigma)
+        with torch.no_grad():
+            img = self.prior.decode(x0)
+            if self.mode == "noisy":
+                # model-space operator H_m(x0) = s * A((x0 + 1) / 2): slope c = s / 2, y_m - H_m x0 = s (y - A(img))
+                r2 = sigma**2 / (1 + sigma**2)
+                s = self.op.residual_scale
+                c = s / 2
+                v = self.op.solve_AAt(s * (y - self.op.A(img)), c**2, (s * self.op.sigma_y) ** 2 / r2)
+                vec = c * self.op.A_adjoint(v)
+            else:
+                vec = self.prior.encode(self.op.h_dagger(y)) - self.prior.encode(self.op.h_dagger(self.op.A(img)))
+        g = self.grad(x0, x, grad_outputs=vec)  # the vector-Jacobian product through the denoiser only
+        x_next = self.ddim_next(x, x0, sigma, sigma_next, gens, eta=self.hp["eta"])
         proj = projector(self.dsg, x_next)
-        return x_next + proj(g, i), x0
+        return x_next + proj(g, i), x0.detach()
