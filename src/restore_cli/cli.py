@@ -260,7 +260,7 @@ def methods_cmd():
     for col in ("method", "space", "tasks", "DiffStateGrad", "default steps", "NFE / image", "paper"):
         t.add_column(col)
     for m in METHODS.values():
-        t.add_row(m.name, m.space, ", ".join(m.tasks), "yes" if m.cls.gradient_guided else "no",
+        t.add_row(m.name, "/".join(m.spaces), ", ".join(m.tasks), "yes" if m.cls.gradient_guided else "no",
                   str(m.cls.defaults[m.steps_key]), m.nfe, m.summary)
     out.print(t)
 

@@ -98,18 +98,26 @@ def download(spec: ModelSpec, token: str | None = None, tqdm_class=None) -> Path
 def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_download: bool = True,
                tqdm_class=None, token: str | None = None):
     """Build the prior of a model spec on ``device``."""
-    from .priors import DiffusionPrior, GaussianPrior
+    from .priors import DiffusionPrior, GaussianPrior, LatentDiffusionPrior
 
     if spec.source == "analytic":
         return GaussianPrior.fitted(spec.channels).to(device)
-    if spec.kind != "pixel":
-        raise ModelUnavailable(f"model {spec.name!r} is a latent model; latent solvers are not available yet")
     if spec.source == "hub":
         root = download(spec, token=token, tqdm_class=tqdm_class) if allow_download else cached_path(spec)
         if root is None:
             raise ModelUnavailable(how_to_get(spec))
     else:
         root = Path(spec.path)
+    if spec.kind == "latent":
+        prior = LatentDiffusionPrior.from_pretrained(str(root), spec.components, spec.latent_scaling_factor,
+                                                     prompt=spec.default_prompt or "", name=spec.name)
+        prior = prior.to(device)
+        for net in (prior.unet, prior.ae, getattr(prior, "text_encoder", None)):
+            if net is not None:
+                net.to(dtype)
+        if prior.conditional:  # re-encode the prompt on the device
+            prior.set_prompt(prior.prompt)
+        return prior
     unet_sub = spec.components.get("unet") or None
     sched_sub = spec.components.get("scheduler") or None
     prior = DiffusionPrior.from_pretrained(str(root), subfolder=unet_sub, scheduler_subfolder=sched_sub,

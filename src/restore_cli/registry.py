@@ -26,7 +26,7 @@ class UsageError(ValueError):
 class MethodInfo:
     name: str
     cls: type[Solver]
-    space: str  # pixel | latent
+    spaces: tuple[str, ...]  # model kinds it runs on: pixel, latent
     tasks: tuple[str, ...]
     steps_key: str  # the hyperparameter that --steps sets
     nfe: str  # network evaluations per image at the defaults
@@ -36,10 +36,11 @@ class MethodInfo:
 ALL_TASKS = ("inpaint", "deblur", "superres", "phase-retrieval", "hdr")
 
 METHODS: dict[str, MethodInfo] = {
-    "dps": MethodInfo("dps", DPS, "pixel", ALL_TASKS, "steps", "1000", "Diffusion Posterior Sampling (Chung et al. 2023)"),
-    "pigdm": MethodInfo("pigdm", PiGDM, "pixel", ("inpaint", "deblur", "superres", "hdr"), "steps", "100",
+    "dps": MethodInfo("dps", DPS, ("pixel", "latent"), ALL_TASKS, "steps", "1000",
+                      "Diffusion Posterior Sampling (Chung et al. 2023); on a latent model: Latent DPS (P2L Eq. 6)"),
+    "pigdm": MethodInfo("pigdm", PiGDM, ("pixel",), ("inpaint", "deblur", "superres", "hdr"), "steps", "100",
                         "Pseudoinverse-guided diffusion (Song et al. 2023)"),
-    "daps": MethodInfo("daps", DAPS, "pixel", ALL_TASKS, "annealing_steps", "1000 (200 x 5 ODE)",
+    "daps": MethodInfo("daps", DAPS, ("pixel",), ALL_TASKS, "annealing_steps", "1000 (200 x 5 ODE)",
                        "Decoupled annealing posterior sampling (Zhang et al. 2024)"),
 }
 
@@ -67,8 +68,9 @@ def check_method(method: str, task: str, model: ModelSpec) -> MethodInfo:
     info = METHODS[method]
     if task not in info.tasks:
         raise UsageError(f"method {method!r} does not support {task!r} (it supports: {', '.join(info.tasks)})")
-    if info.space != model.kind:
-        raise UsageError(f"method {method!r} needs a {info.space} model; {model.name!r} is a {model.kind} model")
+    if model.kind not in info.spaces:
+        raise UsageError(f"method {method!r} needs a {' or '.join(info.spaces)} model; "
+                         f"{model.name!r} is a {model.kind} model")
     return info
 
 

@@ -3,5 +3,6 @@
 from .base import Prior, Schedule, as_batch_sigma, vp_scale
 from .diffusion import DiffusionPrior
 from .gaussian import GaussianPrior
+from .latent import LatentDiffusionPrior, LinearLatentPrior
 
-__all__ = ["Prior", "Schedule", "as_batch_sigma", "vp_scale", "DiffusionPrior", "GaussianPrior"]
+__all__ = ["Prior", "Schedule", "as_batch_sigma", "vp_scale", "DiffusionPrior", "GaussianPrior", "LatentDiffusionPrior", "LinearLatentPrior"]
