@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .ops import Blur, Inpainting, gaussian_kernel
-from .priors import GaussianPrior
+from .priors import GaussianPrior, LinearLatentPrior
 from .rng import make_generators
 
 
@@ -28,8 +28,12 @@ class OracleReport:
     nfe: int
 
 
-def oracle_task(task: str, shape=(3, 12, 12), sigma_y: float = 0.05, seed: int = 5):
-    """A small linear task with a truth drawn from the fitted Gaussian prior: ``(prior, op, truth, y)``."""
+def oracle_task(task: str, shape=(3, 12, 12), sigma_y: float = 0.05, seed: int = 5, latent: bool = False):
+    """A small linear task with a truth drawn from the fitted Gaussian prior: ``(prior, op, truth, y)``.
+
+    ``latent=True`` gives the latent oracle: the same image prior seen through an orthogonal
+    "autoencoder" (:class:`LinearLatentPrior`), whose image posterior is the same.
+    """
     c, h, w = shape
     prior = GaussianPrior.fitted(c)
     truth = prior.decode(prior.sample(shape, make_generators(seed, 1))).float()
@@ -42,23 +46,26 @@ def oracle_task(task: str, shape=(3, 12, 12), sigma_y: float = 0.05, seed: int =
     else:
         raise ValueError(f"unknown oracle task {task!r}")
     y = op(truth, make_generators(seed + 1, 1))
+    if latent:
+        prior = LinearLatentPrior(prior, shape)
     return prior, op, truth, y
 
 
 def compare(solver_cls, task: str, n: int = 32, seed: int = 10, samples: torch.Tensor | None = None,
-            truth_seed: int = 5, **hparams) -> OracleReport:
+            truth_seed: int = 5, latent: bool = False, dsg=None, sigma_y: float = 0.05, **hparams) -> OracleReport:
     """Run ``solver_cls`` ``n`` times (or score given ``samples``, images in [0, 1] units) against the exact posterior."""
-    prior, op, truth, y = oracle_task(task, seed=truth_seed)
-    mean_ex, std_ex = prior.posterior_dense(op, y.double())
+    prior, op, truth, y = oracle_task(task, seed=truth_seed, latent=latent, sigma_y=sigma_y)
+    image_prior = prior.image_prior if latent else prior
+    mean_ex, std_ex = image_prior.posterior_dense(op, y.double())
     nfe = 0
     if samples is None:
         op_n = op if not isinstance(op, Inpainting) else Inpainting(op.mask.expand(n, -1, -1, -1), op.in_shape[0],
                                                                      op.sigma_y, op.kind)
-        res = solver_cls(prior, op_n, **hparams).run(y.expand(n, -1, -1, -1).contiguous(), make_generators(seed, n))
+        res = solver_cls(prior, op_n, dsg, **hparams).run(y.expand(n, -1, -1, -1).contiguous(), make_generators(seed, n))
         samples = prior.decode(res.model.double())  # unclamped, image units
         nfe = res.nfe
     mean_s, std_s = samples.mean(0, keepdim=True), samples.std(0, keepdim=True)
-    prior_mean = prior.decode(prior.mu.reshape(1, -1, 1, 1).expand_as(mean_ex))
+    prior_mean = image_prior.decode(image_prior.mu.reshape(1, -1, 1, 1).expand_as(mean_ex))
     rel = float((mean_s - mean_ex).norm() / (prior_mean - mean_ex).norm())
     spread = float(std_s.pow(2).mean().sqrt() / std_ex.pow(2).mean().sqrt())
     eff = float((mean_ex - truth).pow(2).mean() / (mean_s - truth).pow(2).mean())

@@ -68,6 +68,30 @@ def ancestral_step(x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: 
     return out
 
 
+class MaskedAdamW:
+    """AdamW (PyTorch's defaults: betas 0.9/0.999, eps 1e-8, weight decay 0.01) on a batch of
+    images where each image can be frozen on its own, so that early stopping of one image never
+    changes another's trajectory (a batch-wide optimiser would)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999), eps=1e-8):
+        self.p, self.lr, self.wd, self.betas, self.eps = param, lr, weight_decay, betas, eps
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, active: torch.Tensor) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        a = active.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype)
+        self.m.mul_(1 - a * (1 - b1)).add_(a * (1 - b1) * grad)
+        self.v.mul_(1 - a * (1 - b2)).add_(a * (1 - b2) * grad * grad)
+        mhat = self.m / (1 - b1**self.t)
+        vhat = self.v / (1 - b2**self.t)
+        self.p.mul_(1 - a * self.lr * self.wd)
+        self.p.sub_(a * self.lr * mhat / (vhat.sqrt() + self.eps))
+
+
 class Solver:
     """Base class: ``run`` is the loop; subclasses give ``sigmas`` and ``step``.
 

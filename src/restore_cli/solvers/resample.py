@@ -1,0 +1,167 @@
+"""ReSample: latent diffusion with hard data consistency (Song et al., ICLR 2024).
+
+PLoRG Algorithm 4 (ReSample) and 5 (with DiffStateGrad), with the schedule and the
+inner optimisers of the official code (``resample_sampling``, ``pixel_optimization``,
+``latent_optimization``, ``stochastic_resample`` in ReSample's and DiffStateGrad's
+``ldm/models/diffusion/*ddim.py``):
+
+1. deterministic DDIM over ``steps`` = 500 uniformly spaced timesteps (eta = 0);
+2. after each DDIM step, the code's latent-DPS nudge
+   ``z_{t-1} -= dps_scale * alpha_bar_t * grad_{z_t} ||y - A(D(z0_hat(z_t)))||`` (0.5, not in
+   Algorithm 4; ``dps_scale=0`` removes it);
+3. every ``every`` = 10 DDIM indices ``0 < index <= N - N // 3`` (the first third of the
+   trajectory is plain DDIM), hard data consistency:
+
+   * look ahead ``lookahead`` = 5 unconditional DDIM steps and take the Tweedie estimate there
+     (the code's "time travel");
+   * middle third (``index >= N // 3``): pixel-space optimisation
+     ``x = argmin ||y - A(x)||^2`` from ``D(z0_hat)`` (AdamW, ``pixel_lr`` = 1e-2 in ``[-1, 1]``
+     units, at most ``pixel_iters`` = 2000 steps, stop when the MSE is below ``eps^2``), then
+     ``z0_y = E(x)``;
+   * last third: latent-space optimisation ``z0_y = argmin ||y - A(D(z))||^2`` from ``z0_hat``
+     (AdamW, ``latent_lr`` = 5e-3, at most ``latent_iters`` = 500 steps; stop when the MSE is
+     below ``eps^2`` or, after 200 steps, when it is above its value 200 steps earlier);
+   * stochastic resampling (ReSample Eq. 12) back to the current level ``t``:
+     ``z_t ~ N((s^2 sqrt(a_t) z0_y + (1 - a_t) z'_t) / (s^2 + 1 - a_t), s^2 (1 - a_t) / (s^2 + 1 - a_t))``
+     with ``s^2 = gamma (1 - a_{t-1}) / (1 - a_t) (1 - a_t / a_{t-1})``, ``gamma`` = 40 (VP units;
+     written in VE units below);
+4. a final latent-space optimisation of ``z_0``.
+
+Losses are MSEs of the residual in the code's ``[-1, 1]`` units; every image has its own
+optimiser state and stopping (``MaskedAdamW``), so a batch gives each image the result it
+gets alone.
+
+DiffStateGrad (PLoRG Algorithm 5, DiffStateGrad App. C.4): the SVD of the diffusion state
+``z'_t`` is computed once per resampling call and the *latent* optimisation's gradient is
+projected every ``period``-th iteration (F = 5, the paper's value); the pixel stage is never
+projected (Algorithm 5).  The released code instead projects every iteration (period 1) in
+both stages, taking the SVD of the state after the look-ahead; we follow the paper.
+
+Choices where paper and code differ (each noted above): the DPS nudge and the look-ahead
+are the code's; the Tweedie estimate is the paper's ``(z - sqrt(1 - a) eps) / sqrt(a)`` (the
+code's ``pseudo_x0`` uses ``(1 - a) eps``); ``tweedie="reference"`` reproduces the code's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..rng import randn_like
+from .base import MaskedAdamW, Solver
+from .projection import projector
+
+
+class ReSample(Solver):
+    name = "resample"
+    paper = "Song et al. 2024, Solving Inverse Problems with Latent Diffusion Models via Hard Data Consistency"
+    space = "latent"
+    defaults = {"steps": 500, "dps_scale": 0.5, "every": 10, "lookahead": 5, "gamma": 40.0,
+                "pixel_lr": 1e-2, "pixel_iters": 2000, "latent_lr": 5e-3, "latent_iters": 500, "eps": 1e-3,
+                "tweedie": "paper"}
+    default_period = 5
+
+    def __init__(self, prior, op, diffstategrad=None, **hparams):
+        super().__init__(prior, op, diffstategrad, **hparams)
+        if self.hp["tweedie"] not in ("paper", "reference"):
+            raise ValueError("resample: tweedie must be 'paper' or 'reference'")
+        self.n_steps = int(self.hp["steps"])
+
+    def sigmas(self):
+        return self.prior.schedule.ddim_sigmas(self.n_steps)
+
+    # -- pieces ----------------------------------------------------------------------------
+    def x0_hat(self, z, sigma):
+        x0 = self.prior.denoise(z, sigma)
+        if self.hp["tweedie"] == "reference":
+            # the code's pseudo_x0 = (z_vp - (1 - a) eps) / sqrt(a); in VE units z - sqrt(1 - a) (z - x0)
+            a = 1 / (1 + sigma**2)
+            x0 = z - math.sqrt(1 - a) * (z - x0)
+        return x0
+
+    def mse(self, img):
+        """Per-image mean squared residual (reference units) of images in [0, 1]; needs ``self._y``."""
+        r = self.op.residual_scale * (self._y - self.op.A(img))
+        return r.flatten(1).pow(2).mean(1)
+
+    def optimize(self, init: torch.Tensor, to_image, lr: float, iters: int, proj=None, window: int | None = None):
+        """AdamW on ``init`` (per image) for ``||y - A(to_image(v))||^2``; early stopping as the code."""
+        v = init.detach().clone()
+        opt = MaskedAdamW(v, lr)
+        active = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
+        history: list[torch.Tensor] = []
+        eps2 = self.hp["eps"] ** 2
+        for k in range(int(iters)):
+            v.requires_grad_(True)
+            loss = self.mse(to_image(v))
+            g = self.grad(loss.sum(), v)
+            v = v.detach()
+            if proj is not None:
+                g = proj(g, k)
+            opt.p = v
+            opt.step(g, active)
+            cur = loss.detach()
+            active &= cur >= eps2
+            if window is not None:
+                history.append(cur)
+                if len(history) > window:
+                    old = history.pop(0)
+                    active &= ~(old < cur)
+            if not bool(active.any()):
+                break
+        return v.detach()
+
+    def resample(self, z0_y, z_t, sigma_t, sigma_prev, gens):
+        """Stochastic resampling (ReSample Eq. 12) in VE units to level ``sigma_t`` (the DDIM step
+        came from ``sigma_prev > sigma_t``); ``a`` are VP alpha-bars."""
+        a_t, a_prev = 1 / (1 + sigma_t**2), 1 / (1 + sigma_prev**2)
+        s2 = self.hp["gamma"] * (1 - a_t) / (1 - a_prev) * (1 - a_prev / a_t)
+        mean = (s2 * z0_y + (1 - a_t) * z_t) / (s2 + 1 - a_t)
+        std_vp = math.sqrt(s2 * (1 - a_t) / (s2 + 1 - a_t))
+        return mean + std_vp / math.sqrt(a_t) * randn_like(z_t, gens)
+
+    # -- the loop --------------------------------------------------------------------------
+    def step(self, i, x, y, sigma, sigma_next, gens):
+        self._y = y
+        h = self.hp
+        n = self.n_steps
+        x = x.detach().requires_grad_(True)
+        x0 = self.x0_hat(x, sigma)
+        z_next = self.ddim_next(x, x0, sigma, sigma_next, gens, eta=0.0)
+        if h["dps_scale"] > 0:
+            norm = self.residual(x0, y).flatten(1).norm(dim=1).sum()
+            g = self.grad(norm, x)
+            a_t = 1 / (1 + sigma**2)
+            z_next = z_next - h["dps_scale"] * a_t * math.sqrt((1 + sigma**2) * (1 + sigma_next**2)) * g
+        x0 = x0.detach()
+        index = n - 1 - i
+        if not (0 < index <= n - n // 3 and index % int(h["every"]) == 0):
+            return z_next, x0
+        # look ahead a few unconditional DDIM steps for a sharper estimate of z0
+        sig = self._sigmas
+        w, est = z_next, x0
+        with torch.no_grad():
+            for k in range(i + 1, min(i + 1 + int(h["lookahead"]), len(sig) - 1)):
+                est = self.x0_hat(w, sig[k])
+                w = self.ddim_next(w, est, sig[k], sig[k + 1], gens, eta=0.0)
+        if index >= n // 3:  # middle stage: pixel space, never projected
+            pix = self.optimize(self.prior.decode(est) * 2 - 1, lambda v: (v + 1) / 2, h["pixel_lr"], h["pixel_iters"])
+            with torch.no_grad():
+                z0_y = self.prior.encode((pix + 1) / 2)
+        else:  # last stage: latent space, DiffStateGrad-projected every F-th iteration
+            proj = projector(self.dsg, z_next)
+            z0_y = self.optimize(est, self.prior.decode, h["latent_lr"], h["latent_iters"], proj, window=200)
+        z_new = self.resample(z0_y, z_next.detach(), sigma_next, sigma, gens)
+        return z_new, z0_y
+
+    def run(self, y, gens, callback=None):
+        self._sigmas = [float(s) for s in self.sigmas()]
+        res = super().run(y, gens, callback)
+        # a final latent-space optimisation of z_0 (the code's last step)
+        z0 = self.optimize(res.model, self.prior.decode, self.hp["latent_lr"], self.hp["latent_iters"],
+                           projector(self.dsg, res.model), window=200)
+        with torch.no_grad():
+            res.images = self.prior.decode(z0).clamp(0, 1)
+        res.model, res.n_backward = z0, self.n_backward
+        return res
