@@ -15,7 +15,7 @@ import torch
 from . import ops
 from .config import ModelSpec
 from .rng import Generators
-from .solvers import DAPS, DPS, PiGDM, Solver
+from .solvers import DAPS, DPS, GMLDPS, PSLD, PiGDM, ReSample, Solver
 
 
 class UsageError(ValueError):
@@ -34,6 +34,7 @@ class MethodInfo:
 
 
 ALL_TASKS = ("inpaint", "deblur", "superres", "phase-retrieval", "hdr")
+LINEAR_TASKS = ("inpaint", "deblur", "superres")
 
 METHODS: dict[str, MethodInfo] = {
     "dps": MethodInfo("dps", DPS, ("pixel", "latent"), ALL_TASKS, "steps", "1000",
@@ -42,6 +43,14 @@ METHODS: dict[str, MethodInfo] = {
                         "Pseudoinverse-guided diffusion (Song et al. 2023)"),
     "daps": MethodInfo("daps", DAPS, ("pixel",), ALL_TASKS, "annealing_steps", "1000 (200 x 5 ODE)",
                        "Decoupled annealing posterior sampling (Zhang et al. 2024)"),
+    "latent-dps": MethodInfo("latent-dps", DPS, ("latent",), ALL_TASKS, "steps", "1000",
+                             "Latent DPS (P2L Eq. 6): DPS through the decoder"),
+    "gml-dps": MethodInfo("gml-dps", GMLDPS, ("latent",), ALL_TASKS, "steps", "1000",
+                          "Latent DPS + autoencoder fixed-point term (P2L Eq. 44)"),
+    "psld": MethodInfo("psld", PSLD, ("latent",), LINEAR_TASKS, "steps", "1000",
+                       "Posterior sampling with latent diffusion, gluing term (Rout et al. 2023)"),
+    "resample": MethodInfo("resample", ReSample, ("latent",), ALL_TASKS, "steps", "~665 (500 DDIM + look-ahead)",
+                           "Hard data consistency + stochastic resampling (Song et al. 2024)"),
 }
 
 

@@ -80,6 +80,7 @@ class LatentDiffusionPrior(Prior):
                 raise ValueError("a text-conditioned UNet needs a prompt encoder")
             self.set_prompt(prompt)
         self._image_hw: tuple[int, int] | None = None
+        self.n_decode = self.n_encode = 0  # autoencoder passes (batch calls), for the benchmarks
         self.sample_size = None  # images of any size: latents follow the image
         if name:
             self.name = name
@@ -107,6 +108,7 @@ class LatentDiffusionPrior(Prior):
         return img
 
     def encode(self, img: torch.Tensor) -> torch.Tensor:
+        self.n_encode += 1
         self._image_hw = tuple(img.shape[-2:])
         x = self._pad(img) * 2 - 1
         p = next(self.ae.parameters())
@@ -117,6 +119,7 @@ class LatentDiffusionPrior(Prior):
         return z.to(img.dtype) * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self.n_decode += 1
         p = next(self.ae.parameters())
         img = self.ae.decode((z / self.scaling_factor).to(p.dtype)).sample.to(z.dtype)
         img = (img + 1) / 2

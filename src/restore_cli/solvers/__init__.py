@@ -3,11 +3,13 @@
 from .base import Result, Solver, StepInfo
 from .daps import DAPS
 from .dps import DPS
+from .gml_dps import GMLDPS
 from .pigdm import PiGDM
 from .projection import DiffStateGrad
+from .psld import PSLD
 from .resample import ReSample
 from .restarts import run_with_restarts
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, ReSample)}
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample)}
 
-__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "ReSample", "DiffStateGrad", "SOLVERS", "run_with_restarts"]
+__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "GMLDPS", "PSLD", "ReSample", "DiffStateGrad", "SOLVERS", "run_with_restarts"]

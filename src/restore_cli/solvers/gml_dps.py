@@ -1,0 +1,50 @@
+"""GML-DPS: latent DPS with a "goodness" (fixed-point) term (Rout et al. 2023; P2L Eq. 44).
+
+Each step is a latent DPS step (``dps.py``) whose guidance adds a term pulling the Tweedie
+estimate ``z0_hat`` towards the autoencoder's fixed points::
+
+    z_{t-1} = z'_{t-1} - grad_{z_t} [ omega ||y - A(D(z0_hat))|| + gamma ||z0_hat - E(glue(D(z0_hat)))|| ]
+
+with ``glue(x) = x`` here (P2L Eq. 44); PSLD (``psld.py``) replaces it by the gluing of the
+measurement.  Norms are unsquared and the gradient is taken w.r.t. ``z_t`` and applied to the
+DDIM sample, as in the PSLD code's ``p_sample_ddim``; ``gamma`` = 0.1 and ``omega`` = 1 are
+its defaults.  In our VE state the step is scaled by ``sqrt((1 + sigma_t^2)(1 + sigma_{t-1}^2))``
+(see ``dps.py``).  DiffStateGrad (PLoRG Algorithm 3): the combined gradient is projected onto
+the subspace of the state ``z_t`` every ``period``-th step (F = 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Solver
+from .projection import projector
+
+
+class GMLDPS(Solver):
+    name = "gml-dps"
+    paper = "Rout et al. 2023 (GML-DPS baseline), as written in P2L Eq. 44"
+    space = "latent"
+    defaults = {"steps": 1000, "eta": 0.0, "omega": 1.0, "gamma": 0.1}
+
+    def glue(self, img: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The image whose encoding ``z0_hat`` should equal (GML-DPS: the decoded image itself)."""
+        return img
+
+    def sigmas(self):
+        return self.prior.schedule.ddim_sigmas(int(self.hp["steps"]))
+
+    def step(self, i, x, y, sigma, sigma_next, gens):
+        h = self.hp
+        x = x.detach().requires_grad_(True)
+        z0 = self.prior.denoise(x, sigma)
+        img = self.prior.decode(z0)
+        meas = (self.op.residual_scale * (y - self.op.A(img))).flatten(1).norm(dim=1)
+        fixed = (z0 - self.prior.encode(self.glue(img, y))).flatten(1).norm(dim=1)
+        g = self.grad((h["omega"] * meas + h["gamma"] * fixed).sum(), x)
+        proj = projector(self.dsg, x)
+        z_next = self.ddim_next(x, z0, sigma, sigma_next, gens, eta=h["eta"])
+        weight = math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
+        return z_next - weight * proj(g, i), z0.detach()
