@@ -82,6 +82,8 @@ COMMON = [
         "--compare", help="Also write <stem>.compare.png (reference | measurement | restored).")]),
     P("overwrite", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
         "--overwrite", help="Redo images whose outputs exist.")]),
+    P("low_memory", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+        "--low-memory", help="Gradient checkpointing in latent models' decoder and UNet (less memory, slower).")]),
     P("lpips_net", P.KEYWORD_ONLY, default="alex", annotation=Annotated[str, typer.Option(
         "--lpips-net", help="LPIPS backbone: alex or vgg.")]),
     P("quiet", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
@@ -161,6 +163,7 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
         return _usage("--lpips-net must be alex or vgg")
     if common["rank_mode"] not in ("paper", "reference"):
         return _usage("--rank-mode must be paper or reference")
+    _quiet_libraries()
     cfg = RunConfig(task=task, task_opts=task_opts, restarts=restarts, restart_rule=rule, argv=sys.argv[:], **common)
     try:
         plan = resolve(cfg)
@@ -180,6 +183,20 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
         return 130
     _print_summary(report, quiet)
     return 1 if report.failed else 0
+
+
+def _quiet_libraries():
+    """diffusers/transformers loading chatter (progress bars, casting notes) off the user's terminal."""
+    try:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
 
 
 def _usage(msg: str) -> int:

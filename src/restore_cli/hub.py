@@ -96,7 +96,7 @@ def download(spec: ModelSpec, token: str | None = None, tqdm_class=None) -> Path
 
 
 def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_download: bool = True,
-               tqdm_class=None, token: str | None = None):
+               tqdm_class=None, token: str | None = None, low_memory: bool = False):
     """Build the prior of a model spec on ``device``."""
     from .priors import DiffusionPrior, GaussianPrior, LatentDiffusionPrior
 
@@ -113,15 +113,17 @@ def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_
                                                      prompt=spec.default_prompt or "", name=spec.name)
         prior = prior.to(device)
         for net in (prior.unet, prior.ae, getattr(prior, "text_encoder", None)):
-            if net is not None:
+            if net is not None and dtype != torch.float32:
                 net.to(dtype)
         if prior.conditional:  # re-encode the prompt on the device
             prior.set_prompt(prior.prompt)
+        prior.low_memory(low_memory)
         return prior
     unet_sub = spec.components.get("unet") or None
     sched_sub = spec.components.get("scheduler") or None
     prior = DiffusionPrior.from_pretrained(str(root), subfolder=unet_sub, scheduler_subfolder=sched_sub,
                                            name=spec.name)
     prior = prior.to(device)
-    prior.unet.to(dtype)  # the network runs in the requested precision; solver arithmetic stays float32
+    if dtype != torch.float32:
+        prior.unet.to(dtype)  # the network runs in the requested precision; solver arithmetic stays float32
     return prior

@@ -26,6 +26,7 @@ from . import __version__
 from .config import ConfigError, ModelSpec, load_registry
 from .hub import ModelUnavailable, load_prior
 from .io import FITS, ImageReadError, fit_to, list_images, read_image, side_by_side, unfit, write_json_atomic, write_png
+from .profiling import measure
 from .metrics import LPIPS, lpips_status, measurement_residual, psnr, ssim
 from .registry import (METHODS, TASKS, MethodInfo, UsageError, build_operator, check_method, parse_set, resolve_device,
                        resolve_dtype)
@@ -63,6 +64,7 @@ class RunConfig:
     lpips_net: str = "alex"
     restarts: int | None = None
     restart_rule: str = "residual"
+    low_memory: bool = False
     argv: list[str] = field(default_factory=list)
 
 
@@ -235,7 +237,7 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
             "restarts": {"count": plan.restarts, "rule": "min_measurement_residual" if cfg.restart_rule == "residual" else "oracle_max_psnr"},
             "model": plan.model.record(),
             "seed": cfg.seed, "device": str(plan.device), "dtype": cfg.dtype, "batch_size": cfg.batch_size,
-            "fit": cfg.fit, "lpips": {"net": cfg.lpips_net, "available": None, "source": None},
+            "fit": cfg.fit, "low_memory": cfg.low_memory, "lpips": {"net": cfg.lpips_net, "available": None, "source": None},
         },
         "environment": environment(),
         "images": [],
@@ -263,7 +265,7 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
 
     emit("model", {"name": plan.model.name})
     try:
-        prior = load_prior(plan.model, plan.device, plan.dtype, tqdm_class=tqdm_class)
+        prior = load_prior(plan.model, plan.device, plan.dtype, tqdm_class=tqdm_class, low_memory=cfg.low_memory)
     except ModelUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 - a broken model directory or file: one line, exit 1
@@ -364,7 +366,8 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
         emit("step", {"step": info.step, "total": info.total, "images": [stems[i] for i in idx]})
 
     emit("batch", {"images": [stems[i] for i in idx]})
-    res = run_with_restarts(solver, y, gens, plan.restarts, cfg.restart_rule, ref, on_step)
+    with measure(plan.device) as usage:
+        res = run_with_restarts(solver, y, gens, plan.restarts, cfg.restart_rule, ref, on_step)
     seconds = (time.time() - t0) / len(batch)
     hp = solver.params()
     out_imgs = res.images.float().cpu()
@@ -398,7 +401,8 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
                     "ssim": metrics.get("ssim", [None] * len(batch))[k],
                     "lpips": metrics.get("lpips", [None] * len(batch))[k],
                     "residual": float(resid[k]), "nfe": res.nfe, "n_backward": res.n_backward,
-                    "seconds": seconds, "operator": op.select([k]).params()})
+                    "seconds": seconds, "peak_memory_mb": usage.peak_mb, "batch_images": len(batch),
+                    "operator": op.select([k]).params()})
         if metric_errors:
             rec["metric_errors"] = metric_errors
         if res.extra.get("restarts", 1) > 1:

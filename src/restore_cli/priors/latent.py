@@ -86,6 +86,13 @@ class LatentDiffusionPrior(Prior):
             self.name = name
 
     # -- conditioning -------------------------------------------------------------------
+    def low_memory(self, on: bool = True) -> None:
+        """Gradient checkpointing in the decoder and the UNet: backpropagating through them (DPS, PSLD,
+        ReSample's latent stage) then stores far fewer activations, at the cost of recomputing them."""
+        for net in (self.ae, self.unet):
+            if hasattr(net, "enable_gradient_checkpointing"):
+                net.enable_gradient_checkpointing() if on else net.disable_gradient_checkpointing()
+
     def set_prompt(self, prompt: str) -> None:
         with torch.no_grad():
             emb = self.prompt_encoder([prompt, ""])
