@@ -246,6 +246,7 @@ def test_filled_hub_cache_offline_as_a_subprocess(tiny_model, photos, tmp_path):
     assert p.returncode == 0, p.stderr
     m = metrics(tmp_path / "out")
     assert m["config"]["model"]["revision"] == rev and m["images"][0]["status"] == "ok"
+    assert m["config"]["model"]["resolved_revision"] == rev
     listing = subprocess.run([sys.executable, "-m", "restore_cli.cli", "models", "list", "--models-file",
                               str(tmp_path / "models.toml")], env=env, capture_output=True, text=True, timeout=300)
     assert "tiny" in listing.stdout and "Hub cache" in listing.stdout

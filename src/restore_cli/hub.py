@@ -118,7 +118,7 @@ def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_
         if prior.conditional:  # re-encode the prompt on the device
             prior.set_prompt(prior.prompt)
         prior.low_memory(low_memory)
-        return prior
+        return _record_revision(prior, spec, root)
     unet_sub = spec.components.get("unet") or None
     sched_sub = spec.components.get("scheduler") or None
     prior = DiffusionPrior.from_pretrained(str(root), subfolder=unet_sub, scheduler_subfolder=sched_sub,
@@ -126,4 +126,11 @@ def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_
     prior = prior.to(device)
     if dtype != torch.float32:
         prior.unet.to(dtype)  # the network runs in the requested precision; solver arithmetic stays float32
+    return _record_revision(prior, spec, root)
+
+
+def _record_revision(prior, spec: ModelSpec, root) -> object:
+    """The commit actually loaded: a Hub snapshot folder is named by its commit hash."""
+    name = Path(root).name
+    prior.resolved_revision = name if spec.source == "hub" and len(name) == 40 else spec.revision
     return prior

@@ -271,6 +271,7 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
     except Exception as e:  # noqa: BLE001 - a broken model directory or file: one line, exit 1
         raise ModelUnavailable(f"could not load model {plan.model.name!r}: {type(e).__name__}: {e}") from e
     data["config"]["model"]["loaded_as"] = prior.info()
+    data["config"]["model"]["resolved_revision"] = getattr(prior, "resolved_revision", None)
     ok, where = lpips_status(cfg.lpips_net)
     lp = None
     if ok and not cfg.measured:
