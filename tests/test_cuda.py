@@ -68,3 +68,24 @@ def test_cli_on_cuda(tmp_path):
     r = CliRunner().invoke(app, ["inpaint", str(tmp_path / "a.png"), "--model", "gaussian", "--device", "cuda",
                                  "--method", "daps", "--set", "annealing_steps=5", "-o", str(tmp_path / "g")])
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("kind,cond,method", [("vq", False, "resample"), ("kl", True, "psld"), ("kl", False, "latent-dps")])
+def test_latent_cli_on_cuda(kind, cond, method, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from restore_cli.cli import app
+    from restore_cli.testing import save_tiny_latent_model
+
+    Image.new("RGB", (18, 16), (120, 80, 40)).save(tmp_path / "a.png")
+    root = save_tiny_latent_model(tmp_path / "m", kind, cond)
+    fast = ["--steps", "9", "--set", "every=3", "--set", "pixel_iters=5", "--set", "latent_iters=5"] \
+        if method == "resample" else ["--steps", "6"]
+    for dtype in ("fp16", "fp32"):
+        r = CliRunner().invoke(app, ["inpaint", str(tmp_path / "a.png"), "--model", str(root), "--method", method,
+                                     "--device", "cuda", "--dtype", dtype, "--diffstategrad", "--low-memory", *fast,
+                                     "-o", str(tmp_path / dtype)])
+        assert r.exit_code == 0, r.output
+        m = json.loads((tmp_path / dtype / "metrics.json").read_text())
+        assert m["images"][0]["status"] == "ok" and m["images"][0]["peak_memory_mb"] > 0, m["images"][0]

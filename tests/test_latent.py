@@ -6,7 +6,7 @@ through ``D(z) = Q z`` with ``Q`` orthogonal, so the image posterior of a linear
 Noise sigma_y = 0.01 (DiffStateGrad's and ReSample's setting; hard data consistency fits the
 noise, so at 0.05 ReSample's observed pixels alone sit ~0.9 away from the posterior mean).
 Measured rel (||mean - posterior mean|| / ||prior mean - posterior mean||), 16 samples, box:
-latent DPS 0.09, GML-DPS 0.15, PSLD 0.16, ReSample (100 steps) 0.16; a prior sampler ~1.
+latent DPS 0.15, GML-DPS 0.15, PSLD 0.16, ReSample (100 steps) 0.16; a prior sampler ~0.9.
 Bounds: 0.35 (margin for 16-sample Monte-Carlo error and platform differences), and the
 spread must not collapse (> 0.3).  ReSample is checked on box inpainting only: on deblurring
 its unregularised least-squares stages amplify noise on this tiny 12x12 problem (measured rel

@@ -107,6 +107,7 @@ class Solver:
     linear_only = False
     defaults: dict[str, Any] = {}
     task_defaults: dict[str, dict[str, Any]] = {}
+    latent_defaults: dict[str, Any] = {}  # replace the (pixel) task defaults on a latent prior
     default_period = 1  # DiffStateGrad's F for this solver
 
     def __init__(self, prior: Prior, op: Operator, diffstategrad: DiffStateGrad | None = None, **hparams):
@@ -119,7 +120,8 @@ class Solver:
         if self.linear_only and not op.linear:
             raise ValueError(f"{self.name} needs a linear operator; {op.name} is not")
         self.prior, self.op, self.dsg = prior, op, diffstategrad
-        self.hp = {**self.defaults, **self.task_defaults.get(op.task_key, {}), **hparams}
+        task = self.task_defaults.get(op.task_key, {}) if prior.space == "pixel" else self.latent_defaults
+        self.hp = {**self.defaults, **task, **hparams}
         self.n_backward = 0
 
     # -- per-paper ------------------------------------------------------------

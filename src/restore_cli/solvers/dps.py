@@ -19,6 +19,10 @@ state; in our VE state ``x = x_vp / sqrt(alpha_bar)`` the same update reads
 The code takes one norm over the whole batch, which couples the images; we sum
 per-image norms, so every image gets the gradient it would get alone.
 
+On a latent prior this is Latent DPS (P2L Eq. 6; PLoRG Sec. 2): the same step through the
+decoder, with P2L App. D.3's settings, DDIM with ``eta = 0`` over 1000 steps and ``zeta``
+(their ``rho``) = 1 for every task.
+
 DiffStateGrad (PLoRG Eq. 1, "a gradient-guided sampler"): the gradient is
 projected onto the subspace of the unconditional sample ``x'_{t-1}`` (the state
 that the gradient step updates) every ``period``-th step.
@@ -35,7 +39,9 @@ from .projection import projector
 class DPS(Solver):
     name = "dps"
     paper = "Chung et al. 2023, Diffusion Posterior Sampling for General Noisy Inverse Problems"
-    defaults = {"steps": 1000, "zeta": 0.3}
+    defaults = {"steps": 1000, "zeta": 0.3, "eta": 1.0}
+    # Latent DPS (P2L Eq. 6 and App. D.3): 1000 DDIM steps with eta = 0 and a static step rho = 1
+    latent_defaults = {"zeta": 1.0, "eta": 0.0}
     task_defaults = {"inpaint_box": {"zeta": 0.5}, "inpaint_random": {"zeta": 0.5}, "inpaint_freeform": {"zeta": 0.5},
                      "inpaint_file": {"zeta": 0.5}, "phase_retrieval": {"zeta": 1.0}}
 
@@ -47,7 +53,7 @@ class DPS(Solver):
         x0 = self.prior.denoise(x, sigma)
         norm = self.residual(x0, y).flatten(1).norm(dim=1).sum()  # sum of per-image norms
         g = self.grad(norm, x)
-        x_next = self.ddim_next(x, x0, sigma, sigma_next, gens)  # x'_{t-1}: DDPM ancestral step
+        x_next = self.ddim_next(x, x0, sigma, sigma_next, gens, eta=self.hp["eta"])  # x'_{t-1}: DDPM step if eta = 1
         proj = projector(self.dsg, x_next)
         weight = self.hp["zeta"] * math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
         return x_next - weight * proj(g, i), x0.detach()

@@ -7,8 +7,8 @@ estimate ``z0_hat`` towards the autoencoder's fixed points::
 
 with ``glue(x) = x`` here (P2L Eq. 44); PSLD (``psld.py``) replaces it by the gluing of the
 measurement.  Norms are unsquared and the gradient is taken w.r.t. ``z_t`` and applied to the
-DDIM sample, as in the PSLD code's ``p_sample_ddim``; ``gamma`` = 0.1 and ``omega`` = 1 are
-its defaults.  In our VE state the step is scaled by ``sqrt((1 + sigma_t^2)(1 + sigma_{t-1}^2))``
+DDIM sample; P2L App. D.3 (Eq. 44/45): 1000 DDIM steps with ``eta = 0``, static step
+``rho`` (our ``omega``) = 1 and ``gamma`` = 0.1, "as advised in" Rout et al.  In our VE state the step is scaled by ``sqrt((1 + sigma_t^2)(1 + sigma_{t-1}^2))``
 (see ``dps.py``).  DiffStateGrad (PLoRG Algorithm 3): the combined gradient is projected onto
 the subspace of the state ``z_t`` every ``period``-th step (F = 1).
 """
