@@ -90,7 +90,7 @@ class LatentDiffusionPrior(Prior):
         """Gradient checkpointing in the decoder and the UNet: backpropagating through them (DPS, PSLD,
         ReSample's latent stage) then stores far fewer activations, at the cost of recomputing them."""
         for net in (self.ae, self.unet):
-            if hasattr(net, "enable_gradient_checkpointing"):
+            if getattr(net, "_supports_gradient_checkpointing", False):  # diffusers' VQModel does not
                 net.enable_gradient_checkpointing() if on else net.disable_gradient_checkpointing()
 
     def set_prompt(self, prompt: str) -> None:
