@@ -228,14 +228,10 @@ def test_local_diffusers_model(tiny_model, photos, tmp_path):
 
 def test_filled_hub_cache_offline_as_a_subprocess(tiny_model, photos, tmp_path):
     """A model entry of source 'hub' served from a pre-filled cache with HF_HUB_OFFLINE=1."""
-    import shutil
+    from restore_cli.testing import fill_hub_cache
 
-    cache = tmp_path / "hub"
-    repo = cache / "models--restore-tests--tiny-ddpm"
-    rev = "1" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(rev)
-    shutil.copytree(tiny_model, repo / "snapshots" / rev)
+    cache, rev = tmp_path / "hub", "1" * 40
+    fill_hub_cache(cache, "restore-tests/tiny-ddpm", tiny_model, rev)
     (tmp_path / "models.toml").write_text(
         '[models.tiny]\nkind = "pixel"\nsource = "hub"\nrepo_id = "restore-tests/tiny-ddpm"\n'
         f'revision = "{rev}"\ncomponents = {{ unet = "unet", scheduler = "scheduler" }}\nresolution = 16\n')

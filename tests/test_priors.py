@@ -88,14 +88,10 @@ def test_diffusion_prior_from_local_dir_and_offline_cache(tmp_path, monkeypatch)
         torch.testing.assert_close(p.denoise(x, 3.0), DiffusionPrior(unet, dict(num_train_timesteps=1000)).denoise(x, 3.0))
 
     # a Hub cache laid out as huggingface_hub writes it: models--org--name/{refs,snapshots}
-    cache = tmp_path / "hub"
-    repo = cache / "models--restore--tiny-ddpm"
-    rev = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(rev)
-    import shutil
+    from restore_cli.testing import fill_hub_cache
 
-    shutil.copytree(d, repo / "snapshots" / rev)
+    cache = tmp_path / "hub"
+    fill_hub_cache(cache, "restore/tiny-ddpm", d)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     q = DiffusionPrior.from_pretrained("restore/tiny-ddpm", subfolder="unet", scheduler_subfolder="scheduler",
                                        cache_dir=str(cache))

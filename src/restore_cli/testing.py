@@ -60,3 +60,16 @@ def save_tiny_latent_model(root, kind: str = "vq", conditional: bool = False):
                     up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(root / "unet")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
     return root
+
+
+def fill_hub_cache(cache, repo_id: str, model_dir, revision: str = "0" * 40):
+    """Lay ``model_dir`` out in a Hugging Face Hub cache (``models--org--name/{refs/main,snapshots/REV}``)
+    as huggingface_hub writes it, so that offline loading can be tested without a download."""
+    import shutil
+    from pathlib import Path
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    return repo / "snapshots" / revision
