@@ -15,7 +15,7 @@ import torch
 from . import ops
 from .config import ModelSpec
 from .rng import Generators
-from .solvers import DAPS, DPS, GMLDPS, PSLD, PiGDM, ReSample, Solver
+from .solvers import DAPS, DPS, GMLDPS, P2L, PSLD, PiGDM, ReSample, Solver
 
 
 class UsageError(ValueError):
@@ -51,6 +51,8 @@ METHODS: dict[str, MethodInfo] = {
                        "Posterior sampling with latent diffusion, gluing term (Rout et al. 2023)"),
     "resample": MethodInfo("resample", ReSample, ("latent",), ALL_TASKS, "steps", "~665 (500 DDIM + look-ahead)",
                            "Hard data consistency + stochastic resampling (Song et al. 2024)"),
+    "p2l": MethodInfo("p2l", P2L, ("latent",), LINEAR_TASKS, "steps", "1000 (+5 per step for prompt tuning)",
+                      "Prompt tuning + LDPS + projection onto the encoder's range (Chung et al. 2024)"),
 }
 
 

@@ -98,9 +98,10 @@ class Prior(nn.Module):
         self.channels = int(channels)
         self.nfe = 0
 
-    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        """``E[x0 | x]``; conditional priors accept ``cond=`` (prompt embeddings, per image)."""
         self.nfe += 1
-        return self._denoise(x, as_batch_sigma(sigma, x))
+        return self._denoise(x, as_batch_sigma(sigma, x), **cond)
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -135,10 +135,11 @@ class LatentDiffusionPrior(Prior):
         return img
 
     # -- denoiser -----------------------------------------------------------------------
-    def _denoise(self, x, sigma):
+    def _denoise(self, x, sigma, cond=None):
         if not self.conditional:
             return _unet_x0(self.unet, x, sigma, self.schedule, self.prediction_type)
-        cond = self.cond.expand(x.shape[0], -1, -1) if self.cond.shape[0] == 1 else self.cond
+        cond = self.cond if cond is None else cond
+        cond = cond.expand(x.shape[0], -1, -1) if cond.shape[0] == 1 else cond
         if self.guidance_scale == 1.0:
             return _unet_x0(self.unet, x, sigma, self.schedule, self.prediction_type, cond)
         both = torch.cat([self.null.expand(x.shape[0], -1, -1), cond])

@@ -5,11 +5,12 @@ from .daps import DAPS
 from .dps import DPS
 from .gml_dps import GMLDPS
 from .pigdm import PiGDM
+from .p2l import P2L
 from .projection import DiffStateGrad
 from .psld import PSLD
 from .resample import ReSample
 from .restarts import run_with_restarts
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample)}
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample, P2L)}
 
-__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "GMLDPS", "PSLD", "ReSample", "DiffStateGrad", "SOLVERS", "run_with_restarts"]
+__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "DiffStateGrad", "SOLVERS", "run_with_restarts"]
