@@ -153,3 +153,19 @@ def test_text_conditioned_prior_uses_its_prompt(latent_models):
     p.guidance_scale = 3.0
     c = p.denoise(z, 3.0)
     assert not torch.allclose(b, c) and p.nfe == 3
+
+
+def test_psld_uses_the_official_weights_per_model_family(latent_models):
+    from restore_cli.config import local_model
+    from restore_cli.hub import load_prior
+    from restore_cli.ops import Inpainting, SuperResolution, box_mask
+
+    load = lambda k: load_prior(local_model(latent_models[k]), torch.device("cpu"), torch.float32)  # noqa: E731
+    box = Inpainting(box_mask(16, 16, make_generators(0, 1)), 3, kind="box")
+    sr = SuperResolution((3, 16, 16), 2)
+    vq, sd = load("vq"), load("kl-text")
+    assert (PSLD(vq, box).hp["omega"], PSLD(vq, box).hp["gamma"]) == (0.1, 0.1)  # LDM-VQ-4 FFHQ scripts
+    assert PSLD(vq, sr).hp["omega"] == 0.9
+    assert (PSLD(sd, box).hp["omega"], PSLD(sd, box).hp["gamma"]) == (0.1, 0.01)  # Stable Diffusion scripts
+    assert (PSLD(sd, sr).hp["omega"], PSLD(sd, sr).hp["gamma"]) == (1.0, 0.1)
+    assert PSLD(sd, box, omega=0.5).hp["omega"] == 0.5  # --set wins

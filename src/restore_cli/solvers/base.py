@@ -120,9 +120,12 @@ class Solver:
         if self.linear_only and not op.linear:
             raise ValueError(f"{self.name} needs a linear operator; {op.name} is not")
         self.prior, self.op, self.dsg = prior, op, diffstategrad
-        task = self.task_defaults.get(op.task_key, {}) if prior.space == "pixel" else self.latent_defaults
-        self.hp = {**self.defaults, **task, **hparams}
+        self.hp = {**self.defaults, **self.defaults_for(prior, op.task_key), **hparams}
         self.n_backward = 0
+
+    def defaults_for(self, prior: Prior, task_key: str) -> dict:
+        """Per-task (and per-model) overrides of ``defaults``, as the papers' codes set them."""
+        return self.task_defaults.get(task_key, {}) if prior.space == "pixel" else self.latent_defaults
 
     # -- per-paper ------------------------------------------------------------
     def sigmas(self) -> torch.Tensor:
