@@ -17,10 +17,11 @@ Algorithm 1 over DDIM (eta = 0, ``steps`` = 1000), per step t:
 * line 12: ``z_{t-1} = z'_{t-1} - rho grad_{z_t} ||y - A D(z0_hat)||`` (LDPS with a static
   step on the gradient of the norm, "rho = 1.0 with the gradient of the norm", App. D).
 
-Defaults from the "solid choice" paragraph (Table 6's values were lost in extraction):
-``K`` = 5, ``prompt_lr`` = 1e-4, ``rho`` = 1, projection every 4 steps ("every 3-5"),
+Defaults from the "solid choice" paragraph, which equal Table 6's FFHQ SRx8 column:
+``K`` = 5, ``prompt_lr`` = 1e-4, GD with ``rho`` = 1, projection every 4 steps ("every 3-5"),
 ``lam`` = 1 ("between 0.1 and 1.0 with negligible difference"), the model's default prompt as
-initial embedding ("A high quality photo").  Residuals are in the code's ``[-1, 1]`` units.
+initial embedding ("A high quality photo").  Table 6's other columns use Algorithm 3 (an Adam
+latent step, rho 0.05) for deblurring and inpainting, which is not implemented here.  Residuals are in the code's ``[-1, 1]`` units.
 Linear operators only (the proximal step needs ``A^T``).  DiffStateGrad (a documented
 extension): the line-12 gradient is projected onto the subspace of ``z_t``.
 """
