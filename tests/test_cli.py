@@ -250,3 +250,15 @@ def test_filled_hub_cache_offline_as_a_subprocess(tiny_model, photos, tmp_path):
     p = subprocess.run([sys.executable, "-m", "restore_cli.cli", "hdr", str(photos / "astro.png"), "--method", "x"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_registry_pins_hub_revisions():
+    import re
+
+    from restore_cli.config import load_registry
+
+    reg = load_registry()
+    for name in ("ddpm-celebahq-256", "sd-v1-5", "sd-v1-4"):
+        assert re.fullmatch(r"[0-9a-f]{40}", reg.models[name].revision), name
+    assert reg.models["ldm-celebahq-256"].latent_scaling_factor == 1.0  # diffusers issue 6725
+    assert reg.defaults["offline"] == "gaussian" and reg.models["sd-v1-5"].default_prompt

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from restore_cli.solvers.projection import DiffStateGrad, paper_rank, reference_rank
+from restore_cli.solvers.projection import DiffStateGrad, paper_rank
 
 
 def _orth(n, k, seed):

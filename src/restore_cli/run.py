@@ -10,9 +10,6 @@ image is recorded and never loses the others.
 
 from __future__ import annotations
 
-import math
-import platform
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -30,11 +27,10 @@ from .profiling import measure
 from .metrics import LPIPS, lpips_status, measurement_residual, psnr, ssim
 from .registry import (METHODS, TASKS, MethodInfo, UsageError, build_operator, check_method, parse_set, resolve_device,
                        resolve_dtype)
+from .report import SCHEMA_VERSION, environment, summarize
 from .rng import make_generators
 from .solvers import DiffStateGrad, StepInfo, run_with_restarts
 
-SCHEMA_VERSION = 1
-METRIC_KEYS = ("psnr", "ssim", "lpips", "residual", "nfe", "n_backward", "seconds")
 
 
 @dataclass
@@ -137,32 +133,6 @@ def resolve(cfg: RunConfig) -> Plan:
     return Plan(cfg, model, info, hp, dsg, device, dtype, images, restarts)
 
 
-def environment() -> dict:
-    import numpy
-    import PIL
-
-    env = {"restore": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-           "torch": torch.__version__, "numpy": numpy.__version__, "pillow": PIL.__version__}
-    for mod in ("diffusers", "transformers", "huggingface_hub", "safetensors", "skimage", "lpips"):
-        try:
-            env[mod] = __import__(mod).__version__ if mod != "lpips" else _dist_version("lpips")
-        except Exception:  # noqa: BLE001
-            env[mod] = None
-    if torch.cuda.is_available():
-        env["cuda"] = torch.version.cuda
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def _stems(images: list[Path]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -174,20 +144,6 @@ def _stems(images: list[Path]) -> list[str]:
         else:
             seen[s] = 0
         out.append(s)
-    return out
-
-
-def summarize(records: list[dict]) -> dict:
-    out = {}
-    for k in METRIC_KEYS:
-        vals = [r[k] for r in records if r.get("status") in ("ok", "skipped") and isinstance(r.get(k), (int, float))]
-        if vals:
-            m = sum(vals) / len(vals)
-            sd = math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
-            out[k] = {"mean": m, "std": sd, "n": len(vals)}
-        else:
-            out[k] = {"mean": None, "std": None, "n": 0}
-    out["images"] = {s: sum(r.get("status") == s for r in records) for s in ("ok", "failed", "skipped")}
     return out
 
 

@@ -165,24 +165,23 @@ class LatentDiffusionPrior(Prior):
             ae = VQModel.from_pretrained(root, subfolder=sub("vqvae"))
         else:
             ae = AutoencoderKL.from_pretrained(root, subfolder=sub("vae"))
-        encoder = None
         if "text_encoder" in components:
             from transformers import CLIPTextModel, CLIPTokenizer
 
             tok = CLIPTokenizer.from_pretrained(root, subfolder=sub("tokenizer"))
             te = CLIPTextModel.from_pretrained(root, subfolder=sub("text_encoder")).eval().requires_grad_(False)
 
-            def encoder(texts: list[str]) -> torch.Tensor:
+            def encode_text(texts: list[str]) -> torch.Tensor:
                 ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                           return_tensors="pt").input_ids.to(te.device)
                 return te(ids)[0]
 
             unet = UNet2DConditionModel.from_pretrained(root, subfolder=sub("unet"))
-            prior = cls(unet, ae, sched, scaling_factor, encoder, prompt, guidance_scale, name)
+            prior = cls(unet, ae, sched, scaling_factor, encode_text, prompt, guidance_scale, name)
             prior.text_encoder = te  # registered, so .to(device) moves it too
             return prior
         unet = UNet2DModel.from_pretrained(root, subfolder=sub("unet"))
-        return cls(unet, ae, sched, scaling_factor, encoder, prompt, guidance_scale, name)
+        return cls(unet, ae, sched, scaling_factor, None, prompt, guidance_scale, name)
 
 
 class LinearLatentPrior(Prior):
