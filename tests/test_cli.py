@@ -175,6 +175,8 @@ def test_result_does_not_depend_on_batch_size(photos, tmp_path):
     (["phase-retrieval", "--method", "pigdm"], "does not support"),
     (["inpaint", "--set", "zeta_typo=1"], "no hyperparameter"),
     (["inpaint", "--set", "zeta=abc"], "not a valid float"),
+    (["inpaint", "--method", "pigdm", "--set", "guidance=loud"], "must be one of"),
+    (["inpaint", "--set", "zeta=-1"], "must be >= 0"),
     (["inpaint", "--dtype", "fp16", "--device", "cpu"], "fp16 needs"),
     (["inpaint", "--device", "cuda:7"], "cuda"),
     (["inpaint", "--fit", "stretch"], "--fit"),

@@ -167,7 +167,6 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
     cfg = RunConfig(task=task, task_opts=task_opts, restarts=restarts, restart_rule=rule, argv=sys.argv[:], **common)
     try:
         plan = resolve(cfg)
-        # constructing the solver checks hyperparameter values against a small stand-in operator
     except UsageError as e:
         return _usage(str(e))
     try:

@@ -110,6 +110,11 @@ def parse_set(items: list[str], info: MethodInfo) -> dict[str, Any]:
                 value = raw
         except ValueError:
             raise UsageError(f"--set {key}: {raw!r} is not a valid {type(default).__name__}") from None
+        allowed = info.cls.choices.get(key)
+        if allowed is not None and value not in allowed:
+            raise UsageError(f"--set {key}: must be one of {', '.join(map(str, allowed))}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise UsageError(f"--set {key}: must be >= 0, got {value}")
         out[key] = value
     return out
 

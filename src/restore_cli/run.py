@@ -223,7 +223,7 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
     try:
         prior = load_prior(plan.model, plan.device, plan.dtype, tqdm_class=tqdm_class, low_memory=cfg.low_memory)
     except ModelUnavailable:
-        raise
+        raise  # already one clear line
     except Exception as e:  # noqa: BLE001 - a broken model directory or file: one line, exit 1
         raise ModelUnavailable(f"could not load model {plan.model.name!r}: {type(e).__name__}: {e}") from e
     data["config"]["model"]["loaded_as"] = prior.info()

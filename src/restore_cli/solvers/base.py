@@ -108,6 +108,7 @@ class Solver:
     defaults: dict[str, Any] = {}
     task_defaults: dict[str, dict[str, Any]] = {}
     latent_defaults: dict[str, Any] = {}  # replace the (pixel) task defaults on a latent prior
+    choices: dict[str, tuple] = {}  # hyperparameters that take one of a few values
     default_period = 1  # DiffStateGrad's F for this solver
 
     def __init__(self, prior: Prior, op: Operator, diffstategrad: DiffStateGrad | None = None, **hparams):
@@ -120,6 +121,9 @@ class Solver:
         if self.linear_only and not op.linear:
             raise ValueError(f"{self.name} needs a linear operator; {op.name} is not")
         self.prior, self.op, self.dsg = prior, op, diffstategrad
+        for key, allowed in self.choices.items():
+            if key in hparams and hparams[key] not in allowed:
+                raise ValueError(f"{self.name}: {key} must be one of {', '.join(map(str, allowed))}")
         self.hp = {**self.defaults, **self.defaults_for(prior, op.task_key), **hparams}
         self.n_backward = 0
 

@@ -42,14 +42,13 @@ class PiGDM(Solver):
     name = "pigdm"
     paper = "Song et al. 2023, Pseudoinverse-Guided Diffusion Models for Inverse Problems"
     defaults = {"steps": 100, "eta": 1.0, "guidance": "auto"}
+    choices = {"guidance": GUIDANCE}
 
     def __init__(self, prior, op, diffstategrad=None, **hparams):
         super().__init__(prior, op, diffstategrad, **hparams)
         if prior.space != "pixel":
             raise ValueError("pigdm works on pixel priors")
         mode = self.hp["guidance"]
-        if mode not in GUIDANCE:
-            raise ValueError(f"pigdm: guidance must be one of {GUIDANCE}, got {mode!r}")
         if mode == "auto":
             mode = "noisy" if (op.linear and op.sigma_y > 0) else "noiseless"
         if mode == "noisy" and not op.linear:

@@ -61,11 +61,10 @@ class ReSample(Solver):
                 "pixel_lr": 1e-2, "pixel_iters": 2000, "latent_lr": 5e-3, "latent_iters": 500, "eps": 1e-3,
                 "tweedie": "paper"}
     default_period = 5
+    choices = {"tweedie": ("paper", "reference")}
 
     def __init__(self, prior, op, diffstategrad=None, **hparams):
         super().__init__(prior, op, diffstategrad, **hparams)
-        if self.hp["tweedie"] not in ("paper", "reference"):
-            raise ValueError("resample: tweedie must be 'paper' or 'reference'")
         self.n_steps = int(self.hp["steps"])
 
     def sigmas(self):
