@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..rng import Generators, rand
-from .base import DEFAULT_SIGMA_Y, LinearOperator
+from .base import DEFAULT_SIGMA_Y, LinearOperator, _per_image
 
 
 class Inpainting(LinearOperator):
@@ -47,9 +47,7 @@ class Inpainting(LinearOperator):
         return y * self.mask.to(y.dtype)
 
     def solve_AAt(self, v, r2, s2):  # A A^T = diag(m)
-        m = self.mask.to(v.dtype)
-        r2 = torch.as_tensor(r2, dtype=v.dtype, device=v.device).reshape(-1, 1, 1, 1) if torch.is_tensor(r2) else r2
-        d = r2 * m + s2
+        d = _per_image(r2, v) * self.mask.to(v.dtype) + s2
         return torch.where(d > 0, v / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(v))
 
     def params(self):

@@ -102,7 +102,6 @@ class Solver:
 
     name = "solver"
     paper = ""
-    space = "pixel"
     gradient_guided = True  # supports DiffStateGrad
     linear_only = False
     defaults: dict[str, Any] = {}
@@ -183,4 +182,4 @@ class Solver:
                 "diffstategrad": None if self.dsg is None else self.dsg.params()}
 
 
-__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "per_image_sq_norm", "randn_like"]
+__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "per_image_sq_norm"]

@@ -26,7 +26,6 @@ from .projection import projector
 class GMLDPS(Solver):
     name = "gml-dps"
     paper = "Rout et al. 2023 (GML-DPS baseline), as written in P2L Eq. 44"
-    space = "latent"
     defaults = {"steps": 1000, "eta": 0.0, "omega": 1.0, "gamma": 0.1}
 
     def glue(self, img: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

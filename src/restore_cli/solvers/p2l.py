@@ -40,7 +40,6 @@ from .projection import projector
 class P2L(Solver):
     name = "p2l"
     paper = "Chung et al. 2024, Prompt-tuning Latent Diffusion Models for Inverse Problems"
-    space = "latent"
     linear_only = True
     defaults = {"steps": 1000, "rho": 1.0, "prompt_steps": 5, "prompt_lr": 1e-4, "every": 4, "lam": 1.0,
                 "cg_iters": 20}

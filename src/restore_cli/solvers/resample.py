@@ -56,7 +56,6 @@ from .projection import projector
 class ReSample(Solver):
     name = "resample"
     paper = "Song et al. 2024, Solving Inverse Problems with Latent Diffusion Models via Hard Data Consistency"
-    space = "latent"
     defaults = {"steps": 500, "dps_scale": 0.5, "every": 10, "lookahead": 5, "gamma": 40.0,
                 "pixel_lr": 1e-2, "pixel_iters": 2000, "latent_lr": 5e-3, "latent_iters": 500, "eps": 1e-3,
                 "tweedie": "paper"}
