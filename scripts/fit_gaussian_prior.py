@@ -4,7 +4,9 @@ Writes ``src/restore_cli/data/gaussian_prior.json``: the mean colour and
 colour covariance in the model space ``[-1, 1]``, and a power-law spectrum
 ``s(f) ∝ (|f|^2 + f0^2)^(-beta/2)`` fitted (least squares on log power) to the
 radially averaged power spectra of the photographs' luminance, on 256x256
-crops.  Run: ``python scripts/fit_gaussian_prior.py``.
+crops.  With ``--fashion-mnist`` it fits the grey prior of the bundled Fashion-MNIST models
+instead (training split only, 28x28 padded to 32x32 as ``scripts/train_priors.py`` does) and
+writes it under the file's ``"fashion_mnist"`` key.  Run: ``python scripts/fit_gaussian_prior.py``.
 """
 
 import json
@@ -25,7 +27,43 @@ def crops(img, size=256):
             yield img[top:top + size, left:left + size]
 
 
+def power_law(spectra, bins):
+    """Least-squares fit of ``log s(f) = log a - beta/2 log(f^2 + f0^2)`` to radially binned spectra."""
+    fc = (bins[:-1] + bins[1:]) / 2
+    logp = np.log(np.mean(spectra, 0))
+
+    def resid(p):
+        log_a, beta, log_f0 = p
+        return log_a - beta / 2 * np.log(fc**2 + np.exp(log_f0) ** 2) - logp
+
+    sol = least_squares(resid, x0=[0.0, 2.0, np.log(0.01)])
+    return float(sol.x[1]), float(np.exp(sol.x[2])), float(np.sqrt(np.mean(sol.fun**2)))
+
+
+def fashion_mnist():
+    import gzip
+
+    with gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28).astype(np.float64) / 127.5 - 1
+    x = np.pad(x, ((0, 0), (2, 2), (2, 2)), constant_values=-1.0)
+    f = np.sqrt(np.fft.fftfreq(32)[:, None] ** 2 + np.fft.fftfreq(32)[None, :] ** 2)
+    bins = np.linspace(0, 0.5, 9)
+    p = (np.abs(np.fft.fft2(x - x.mean())) ** 2 / 32**2).mean(0)  # stationary fit around the global mean
+    spectra = [[p[(f >= lo) & (f < hi)].mean() for lo, hi in zip(bins[:-1], bins[1:])]]
+    beta, f0, rms = power_law(spectra, bins)
+    return {"source": "Fashion-MNIST training split (60000 images, 28x28 padded to 32x32), model space [-1, 1]",
+            "grey_mean": float(x.mean()), "grey_var": float(x.var()), "beta": beta, "f0": f0, "fit_rms_log_power": rms}
+
+
 def main():
+    import sys
+
+    if "--fashion-mnist" in sys.argv:
+        fit = json.loads(OUT.read_text())
+        fit["fashion_mnist"] = fashion_mnist()
+        OUT.write_text(json.dumps(fit, indent=2) + "\n")
+        print(json.dumps(fit["fashion_mnist"], indent=2))
+        return
     pixels, spectra = [], []
     fy = np.fft.fftfreq(256)[:, None]
     fx = np.fft.fftfreq(256)[None, :]
@@ -44,15 +82,7 @@ def main():
     pix = np.concatenate(pixels)
     mean = pix.mean(0)
     cov = np.cov(pix.T)
-    fc = (bins[:-1] + bins[1:]) / 2
-    logp = np.log(np.mean(spectra, 0))
-
-    def resid(p):
-        log_a, beta, log_f0 = p
-        return log_a - beta / 2 * np.log(fc**2 + np.exp(log_f0) ** 2) - logp
-
-    sol = least_squares(resid, x0=[0.0, 2.0, np.log(0.01)])
-    _, beta, log_f0 = sol.x
+    beta, f0, rms = power_law(spectra, bins)
     lum_w = np.ones(3) / 3
     fit = {
         "source": "scikit-image photographs " + ", ".join(PHOTOS) + " (256x256 crops), model space [-1, 1]",
@@ -60,11 +90,14 @@ def main():
         "color_cov": cov.tolist(),
         "grey_mean": float(mean @ lum_w),
         "grey_var": float(lum_w @ cov @ lum_w),
-        "beta": float(beta),
-        "f0": float(np.exp(log_f0)),
+        "beta": beta,
+        "f0": f0,
         "crops": len(spectra),
-        "fit_rms_log_power": float(np.sqrt(np.mean(sol.fun**2))),
+        "fit_rms_log_power": rms,
     }
+    old = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if "fashion_mnist" in old:
+        fit["fashion_mnist"] = old["fashion_mnist"]
     OUT.write_text(json.dumps(fit, indent=2) + "\n")
     print(json.dumps(fit, indent=2))
 

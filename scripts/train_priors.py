@@ -137,9 +137,9 @@ def load_optim_tensors(opt, flat: dict):
     opt.load_state_dict(sd)
 
 
-def train(name, model, loss_fn, params, args, extra_modules=None, lr=2e-4, batch=64, ema_decay=0.999):
+def train(name, model, loss_fn, params, args, extra_modules=None, lr=2e-4, batch=64, ema_decay=0.999, data=None):
     torch.manual_seed(args.seed)
-    x_train, y_train = load_split("train")
+    x_train, y_train = data if data is not None else load_split("train")
     modules = {"model": model, **(extra_modules or {})}
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -234,6 +234,112 @@ def run_vae(args):
     train("vae", model, loss_fn, list(model.parameters()), args, lr=5e-4)
 
 
+def load_vae(use_ema=True):
+    """The trained autoencoder (EMA weights) from its checkpoint."""
+    state, meta = load_ckpt("vae")
+    if state is None:
+        raise SystemExit("train the autoencoder first: python scripts/train_priors.py vae")
+    vae = vae_model()
+    vae.load_state_dict(state["ema"] if use_ema else state["model"])
+    return vae.eval().requires_grad_(False), meta
+
+
+@torch.no_grad()
+def encode_split(vae, split, batch=500):
+    """Posterior means and standard deviations of a whole split (computed once, cached in training/)."""
+    cache = checkpoint_dir("latents") / f"{split}.pt"
+    if cache.exists():
+        return torch.load(cache, weights_only=True)
+    x, y = load_split(split)
+    means, stds = [], []
+    for i in range(0, len(x), batch):
+        post = vae.encode(x[i:i + batch]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    out = {"mean": torch.cat(means), "std": torch.cat(stds), "label": y}
+    torch.save(out, cache)
+    return out
+
+
+def latent_scaling_factor(vae) -> float:
+    """1 / std of the training latents (Rombach et al.'s rule; SD's 0.18215 was found this way)."""
+    lat = encode_split(vae, "train")
+    return float(1.0 / lat["mean"].std())
+
+
+def run_latent(args):
+    from diffusers import DDPMScheduler
+
+    vae, _ = load_vae()
+    lat = encode_split(vae, "train")
+    sf = latent_scaling_factor(vae)
+    print(f"latents {tuple(lat['mean'].shape[1:])}, scaling factor {sf:.4f}", flush=True)
+    model = latent_unet()
+    emb = ClassEmbedding(dim=model.config.cross_attention_dim)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    ab = sched.alphas_cumprod
+    null = len(CLASSES)
+
+    def loss_fn(idx, labels):
+        z0 = (lat["mean"][idx] + lat["std"][idx] * torch.randn_like(lat["std"][idx])) * sf
+        drop = torch.rand(len(labels)) < 0.1  # class dropout: the null prompt, for classifier-free guidance
+        cond = emb(torch.where(drop, torch.full_like(labels, null), labels))
+        t = torch.randint(0, 1000, (len(idx),))
+        eps = torch.randn_like(z0)
+        a = ab[t].reshape(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        return F.mse_loss(model(zt, t, encoder_hidden_states=cond).sample.float(), eps)
+
+    class WithEmbedding(torch.nn.Module):  # one module, so the EMA covers the UNet and the class table
+        def __init__(self):
+            super().__init__()
+            self.unet, self.emb = model, emb
+
+    both = WithEmbedding()
+    print(f"latent UNet: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    train("latent", both, lambda idx, y: loss_fn(idx, y), list(both.parameters()), args, batch=128,
+          data=(torch.arange(len(lat["label"])), lat["label"]))
+
+
+def export(args):
+    """Write the EMA weights as diffusers folders (safetensors) under src/restore_cli/weights/."""
+    from diffusers import DDPMScheduler
+    from safetensors.torch import save_file
+
+    out_root = ROOT / "src" / "restore_cli" / "weights"
+    which = args.target
+    if which == "pixel":
+        state, meta = load_ckpt("pixel")
+        model = pixel_unet()
+        model.load_state_dict(state["ema"])
+        d = out_root / "fmnist-ddpm-32"
+        model.save_pretrained(d / "unet", safe_serialization=True)
+        DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(d / "scheduler")
+    elif which == "latent":
+        state, meta = load_ckpt("latent")
+        vae, vae_meta = load_vae()
+        sf = latent_scaling_factor(vae)
+        model, emb = latent_unet(), ClassEmbedding(dim=64)
+        model.load_state_dict({k[5:]: v for k, v in state["ema"].items() if k.startswith("unet.")})
+        table = state["ema"]["emb.table"]
+        d = out_root / "fmnist-ldm-kl4-32"
+        vae.register_to_config(scaling_factor=sf)
+        vae.save_pretrained(d / "vae", safe_serialization=True)
+        model.save_pretrained(d / "unet", safe_serialization=True)
+        DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                      beta_end=0.012).save_pretrained(d / "scheduler")
+        (d / "class_prompts").mkdir(parents=True, exist_ok=True)
+        save_file({"embeddings": table[: len(CLASSES)].contiguous(), "null": table[len(CLASSES)].contiguous()},
+                  str(d / "class_prompts" / "embeddings.safetensors"))
+        (d / "class_prompts" / "classes.json").write_text(json.dumps({"classes": CLASSES}, indent=1) + "\n")
+        meta = {"latent": meta, "vae": vae_meta}
+    else:
+        raise SystemExit("export pixel|latent")
+    (d / "training.json").write_text(json.dumps({"steps": meta, "seed": args.seed, "data": "Fashion-MNIST train split",
+                                                 "script": "scripts/train_priors.py"}, indent=1) + "\n")
+    print(f"wrote {d}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["pixel", "vae", "latent", "export"])
@@ -246,8 +352,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"pixel": run_pixel, "vae": run_vae}.get(args.what, lambda a: (_ for _ in ()).throw(
-        SystemExit(f"{args.what}: not implemented yet")))(args)
+    {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "export": export}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -199,7 +199,9 @@ def _quiet_libraries():
 
 
 def _usage(msg: str) -> int:
-    err.print(f"[red]usage error:[/red] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[red]usage error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
     return 2
 
 
@@ -279,6 +281,102 @@ def methods_cmd():
         t.add_row(m.name, "/".join(m.spaces), ", ".join(m.tasks), "yes" if m.cls.gradient_guided else "no",
                   str(m.cls.defaults[m.steps_key]), m.nfe, m.summary)
     out.print(t)
+
+
+@app.command("bench")
+def bench_cmd(
+    suite: Annotated[Path, typer.Argument(help="Suite file (TOML): images, seeds, grids of tasks x methods x models.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for results.json and results.md (default: bench/<suite name>).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A previous results.json: exit 1 with a table of what regressed.")] = None,
+    tolerance: Annotated[list[str], typer.Option("--tolerance", help="psnr=0.5, ssim=0.02, lpips=0.02, failure_rate=0.1 (repeatable; a bare number is PSNR dB).")] = [],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    rerun: Annotated[bool, typer.Option("--rerun", help="Run every cell again (default: keep the finished cells of results.json).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and regressions.")] = False,
+):
+    """Benchmark: run a suite, write results.json and a Markdown table; optionally gate on a baseline.
+
+    Example: [bold]restore bench benchmarks/regression.toml --baseline benchmarks/regression.json[/bold]
+    """
+    import json
+
+    from .bench import SuiteError, compare, load_suite, parse_tolerances, run_suite
+    from .registry import UsageError, resolve_device
+
+    _quiet_libraries()
+    try:
+        tol = parse_tolerances(tolerance)
+        plan = load_suite(suite)
+        dev = resolve_device(device)
+        base = None
+        if baseline is not None:
+            if not baseline.is_file():
+                raise SuiteError(f"baseline {baseline} does not exist")
+            try:
+                base = json.loads(baseline.read_text())
+            except json.JSONDecodeError as e:
+                raise SuiteError(f"baseline {baseline}: not JSON ({e})") from None
+    except (SuiteError, UsageError) as e:
+        raise typer.Exit(_usage(str(e)))
+    out_dir = output or Path("bench") / plan.name
+    with _BenchProgress(quiet, len(plan.cells)) as prog:
+        data = run_suite(plan, out_dir, dev, rerun=rerun, progress=prog.event)
+    cells = data["cells"].values()
+    failed = [c for c in cells if c["status"] == "failed"]
+    for c in failed:
+        err.print(f"[red]failed:[/red] {c['label']}: {c['error']}", highlight=False, soft_wrap=True)
+    if not quiet:
+        out.print(f"{sum(c['status'] == 'ok' for c in cells)} cells ok, {sum(c['status'] == 'skipped' for c in cells)} "
+                  f"skipped, {len(failed)} failed; results: {out_dir / 'results.json'}, table: {out_dir / 'results.md'}",
+                  highlight=False)
+    code = 1 if failed else 0
+    if base is not None:
+        worse = compare(data, base, tol)
+        if worse:
+            t = Table(title=f"regressions against {baseline}")
+            for col in ("cell", "metric", "baseline", "now", "tolerance"):
+                t.add_column(col)
+            f = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+            for w in worse:
+                t.add_row(w["cell"], w["metric"], f(w["baseline"]), f(w["now"]), f(w["limit"]))
+            Console(stderr=True, width=200).print(t)
+            code = 1
+        elif not quiet:
+            out.print(f"no regression against {baseline} (tolerances {tol})", highlight=False)
+    raise typer.Exit(code)
+
+
+class _BenchProgress:
+    """Rich progress for a suite: a bar over cells and one over the current cell's steps."""
+
+    def __init__(self, quiet: bool, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=err, transient=True, disable=quiet or not err.is_terminal)
+        self.cells = self.progress.add_task("cells", total=total)
+        self.steps = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *a):
+        self.progress.__exit__(*a)
+
+    def event(self, kind: str, info: dict):
+        if kind == "start":
+            if self.steps is not None:
+                self.progress.remove_task(self.steps)
+            self.steps = self.progress.add_task(info["label"][:60], total=None)
+        elif kind == "step" and self.steps is not None:
+            self.progress.update(self.steps, completed=info["step"], total=info["total"])
+        elif kind == "cell":
+            self.progress.update(self.cells, completed=info["n"] + 1)
+            if not self.quiet and info["status"] not in ("ok",):
+                err.print(f"{info['status']}: {info['label']}", highlight=False)
+            elif not self.quiet:
+                err.print(f"done: {info['label']}", highlight=False)
 
 
 @models_app.command("list")

@@ -36,6 +36,7 @@ class ModelSpec:
     description: str = ""
     licence: str = ""
     path: str | None = None  # bundled / local models: a directory
+    fit: str | None = None  # analytic models: the data the Gaussian prior was fitted to (photos, fashion-mnist)
 
     def record(self) -> dict:
         """What a run records about its model."""
@@ -110,7 +111,7 @@ def local_model(path: Path) -> ModelSpec:
         for ae in ("vqvae", "vae"):
             if has(ae, "config.json"):
                 comps[ae], kind = ae, "latent"
-        for extra in ("text_encoder", "tokenizer"):
+        for extra in ("text_encoder", "tokenizer", "class_prompts"):
             if has(extra):
                 comps[extra] = extra
     elif has("config.json"):

@@ -15,7 +15,7 @@ import torch
 from . import ops
 from .config import ModelSpec
 from .rng import Generators
-from .solvers import DAPS, DPS, GMLDPS, P2L, PSLD, PiGDM, ReSample, Solver
+from .solvers import DAPS, DPS, GMLDPS, P2L, PSLD, PiGDM, PosteriorMean, PseudoInverse, ReSample, Solver
 
 
 class UsageError(ValueError):
@@ -31,6 +31,11 @@ class MethodInfo:
     steps_key: str  # the hyperparameter that --steps sets
     nfe: str  # network evaluations per image at the defaults
     summary: str
+    default_model: str = ""  # the models.toml default it runs on without --model: its first space, or "offline"
+
+    @property
+    def default_kind(self) -> str:
+        return self.default_model or self.spaces[0]
 
 
 ALL_TASKS = ("inpaint", "deblur", "superres", "phase-retrieval", "hdr")
@@ -53,6 +58,13 @@ METHODS: dict[str, MethodInfo] = {
                            "Hard data consistency + stochastic resampling (Song et al. 2024)"),
     "p2l": MethodInfo("p2l", P2L, ("latent",), LINEAR_TASKS, "steps", "1000 (+5 per step for prompt tuning)",
                       "Prompt tuning + LDPS + projection onto the encoder's range (Chung et al. 2024)"),
+    # classical baselines (no learned prior, no steps)
+    "pseudo-inverse": MethodInfo("pseudo-inverse", PseudoInverse, ("pixel",), ("inpaint", "deblur", "superres", "hdr"),
+                                 "steps", "0", "Baseline: A^+ y (zero-filled for inpainting; PiGDM's h^+ for HDR)",
+                                 default_model="offline"),
+    "posterior-mean": MethodInfo("posterior-mean", PosteriorMean, ("pixel",), LINEAR_TASKS, "steps", "0",
+                                 "Baseline: exact posterior mean under an analytic Gaussian model (Wiener filter)",
+                                 default_model="offline"),
 }
 
 
@@ -82,6 +94,9 @@ def check_method(method: str, task: str, model: ModelSpec) -> MethodInfo:
     if model.kind not in info.spaces:
         raise UsageError(f"method {method!r} needs a {' or '.join(info.spaces)} model; "
                          f"{model.name!r} is a {model.kind} model")
+    if info.cls is PosteriorMean and model.source != "analytic":
+        raise UsageError(f"method {method!r} needs an analytic Gaussian model (gaussian, gaussian-grey, "
+                         f"gaussian-fmnist); {model.name!r} is not one")
     return info
 
 

@@ -86,7 +86,7 @@ def resolve(cfg: RunConfig) -> Plan:
         name = cfg.model
         if name is None:
             info = METHODS.get(cfg.method)
-            name = reg.defaults.get(info.spaces[0] if info else "pixel", "gaussian")
+            name = reg.defaults.get(info.default_kind if info else "pixel", "gaussian")
         model = reg.get(name)
     except ConfigError as e:
         raise UsageError(str(e)) from None

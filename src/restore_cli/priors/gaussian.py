@@ -52,9 +52,16 @@ class GaussianPrior(Prior):
         self._spec_cache: dict = {}
 
     @classmethod
-    def fitted(cls, channels: int = 3, schedule: Schedule | None = None) -> "GaussianPrior":
-        """The prior fitted to natural photographs (RGB, or its luminance for 1 channel)."""
-        fit = _load_fit()
+    def fitted(cls, channels: int = 3, schedule: Schedule | None = None, fit: str = "photos") -> "GaussianPrior":
+        """The prior fitted to natural photographs (RGB, or its luminance for 1 channel), or with
+        ``fit="fashion-mnist"`` to the Fashion-MNIST training split (grey, the bundled models' data)."""
+        fit_name, fit = fit, _load_fit()
+        if fit_name == "fashion-mnist":
+            if channels != 1:
+                raise ValueError("the Fashion-MNIST Gaussian prior is grey (1 channel)")
+            fit = fit["fashion_mnist"]
+        elif fit_name != "photos":
+            raise ValueError(f"unknown Gaussian prior fit {fit_name!r}: photos or fashion-mnist")
         if channels == 3:
             return cls(fit["mean"], fit["color_cov"], fit["beta"], fit["f0"], schedule)
         if channels == 1:

@@ -25,6 +25,7 @@ linear task stays known in closed form.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -180,8 +181,57 @@ class LatentDiffusionPrior(Prior):
             prior = cls(unet, ae, sched, scaling_factor, encode_text, prompt, guidance_scale, name)
             prior.text_encoder = te  # registered, so .to(device) moves it too
             return prior
+        if "class_prompts" in components:
+            encoder = ClassPromptEncoder.from_folder(Path(root) / components["class_prompts"])
+            unet = UNet2DConditionModel.from_pretrained(root, subfolder=sub("unet"))
+            prior = cls(unet, ae, sched, scaling_factor, encoder, prompt, guidance_scale, name)
+            prior.class_prompts = encoder  # registered, so .to(device) moves its table
+            return prior
         unet = UNet2DModel.from_pretrained(root, subfolder=sub("unet"))
         return cls(unet, ae, sched, scaling_factor, None, prompt, guidance_scale, name)
+
+
+class ClassPromptEncoder(torch.nn.Module):
+    """Prompt embeddings of a class-conditioned model: a learned token sequence per class name
+    and a null sequence (the bundled Fashion-MNIST latent model; ``scripts/train_priors.py``).
+
+    A prompt selects the class whose name it contains (case-insensitive, the longest name
+    wins: "a photo of an ankle boot" -> "ankle boot"); the empty prompt is the null embedding
+    (unconditional).  Any other prompt is an error that lists the class names.  The result is
+    shaped like a text encoder's ``[B, tokens, dim]``, so classifier-free guidance and P2L's
+    prompt tuning act on it as on CLIP embeddings.
+    """
+
+    def __init__(self, table: torch.Tensor, null: torch.Tensor, classes: list[str]):
+        super().__init__()
+        if table.shape[0] != len(classes):
+            raise ValueError(f"{table.shape[0]} class embeddings for {len(classes)} class names")
+        self.register_buffer("table", table)
+        self.register_buffer("null", null)
+        self.classes = list(classes)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "ClassPromptEncoder":
+        import json
+
+        from safetensors.torch import load_file
+
+        t = load_file(str(Path(folder) / "embeddings.safetensors"))
+        classes = json.loads((Path(folder) / "classes.json").read_text())["classes"]
+        return cls(t["embeddings"], t["null"], classes)
+
+    def index(self, prompt: str) -> int | None:
+        text = prompt.strip().lower()
+        if not text:
+            return None
+        hits = [i for i, c in enumerate(self.classes) if c.lower() in text]
+        if not hits:
+            raise ValueError(f"prompt {prompt!r} names none of the model's classes: {', '.join(self.classes)}")
+        return max(hits, key=lambda i: len(self.classes[i]))
+
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        rows = [self.null if (i := self.index(p)) is None else self.table[i] for p in prompts]
+        return torch.stack(rows)
 
 
 class LinearLatentPrior(Prior):

@@ -109,6 +109,8 @@ class Solver:
     latent_defaults: dict[str, Any] = {}  # replace the (pixel) task defaults on a latent prior
     choices: dict[str, tuple] = {}  # hyperparameters that take one of a few values
     default_period = 1  # DiffStateGrad's F for this solver
+    # the measurement-guidance step size(s): what `restore bench` scales in a step-size sweep
+    guidance_keys: tuple[str, ...] = ()
 
     def __init__(self, prior: Prior, op: Operator, diffstategrad: DiffStateGrad | None = None, **hparams):
         unknown = sorted(set(hparams) - set(self.defaults))

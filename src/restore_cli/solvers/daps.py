@@ -50,6 +50,7 @@ class DAPS(Solver):
         "annealing_steps": 200, "sigma_max": 100.0, "sigma_min": 0.1, "ode_steps": 5, "ode_sigma_min": 0.01,
         "langevin_steps": 100, "lr": 1e-4, "lr_min_ratio": 0.01, "tau": 0.01,
     }
+    guidance_keys = ("lr",)  # the Langevin step size
     # the code's per-task learning rates (pixel configs)
     task_defaults = {
         "inpaint_box": {"lr": 5e-5}, "inpaint_freeform": {"lr": 5e-5}, "inpaint_file": {"lr": 5e-5}, "inpaint_random": {"lr": 1e-4},

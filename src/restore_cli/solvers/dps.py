@@ -40,6 +40,7 @@ class DPS(Solver):
     name = "dps"
     paper = "Chung et al. 2023, Diffusion Posterior Sampling for General Noisy Inverse Problems"
     defaults = {"steps": 1000, "zeta": 0.3, "eta": 1.0}
+    guidance_keys = ("zeta",)
     # Latent DPS (P2L Eq. 6 and App. D.3): 1000 DDIM steps with eta = 0 and a static step rho = 1
     latent_defaults = {"zeta": 1.0, "eta": 0.0}
     task_defaults = {"inpaint_box": {"zeta": 0.5}, "inpaint_random": {"zeta": 0.5}, "inpaint_freeform": {"zeta": 0.5},

@@ -27,6 +27,7 @@ class GMLDPS(Solver):
     name = "gml-dps"
     paper = "Rout et al. 2023 (GML-DPS baseline), as written in P2L Eq. 44"
     defaults = {"steps": 1000, "eta": 0.0, "omega": 1.0, "gamma": 0.1}
+    guidance_keys = ("omega", "gamma")
 
     def glue(self, img: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The image whose encoding ``z0_hat`` should equal (GML-DPS: the decoded image itself)."""

@@ -60,6 +60,7 @@ class ReSample(Solver):
                 "pixel_lr": 1e-2, "pixel_iters": 2000, "latent_lr": 5e-3, "latent_iters": 500, "eps": 1e-3,
                 "tweedie": "paper"}
     default_period = 5
+    guidance_keys = ("latent_lr",)  # the stage DiffStateGrad projects
     choices = {"tweedie": ("paper", "reference")}
 
     def __init__(self, prior, op, diffstategrad=None, **hparams):

@@ -1,0 +1,508 @@
+"""``restore bench SUITE.toml``: tasks x methods x models x images x seeds, measured and compared.
+
+A suite is a TOML file::
+
+    name = "fmnist-regression"
+    seeds = [0]                 # every image is restored once per seed
+    noise_sigma = 0.05          # measurement noise ([0, 1] units), unless a grid says otherwise
+    failure_psnr = 15.0         # an image under this PSNR counts as a failure (DiffStateGrad Fig. 3)
+    batch_size = 8              # images per solver batch (results never depend on it)
+
+    [images]                    # Fashion-MNIST's test split (Debian's dataset-fashion-mnist) ...
+    fashion_mnist = "test"
+    indices = "0:8"             # "a:b", "a:b:step" or a list
+    # paths = ["examples/fmnist"]   # ... or image files / folders (adapted to each model's size)
+
+    [[grid]]                    # the cartesian product of its lists; repeat [[grid]] freely
+    tasks = [{ task = "inpaint", mask = "box" }, { task = "deblur", kernel = "gaussian" }]
+    methods = ["dps", "pigdm"]
+    models = ["fmnist-ddpm-32"]
+    diffstategrad = [false, true]
+    steps = 100                 # optional: every method's --steps
+    set = { eta = 1.0 }         # optional: fixed hyperparameters (only where the method has them)
+    guidance = [1.0, 10.0]      # optional: multiplies each method's measurement-guidance step size
+    sweep = { zeta = [0.3, 3] } # optional: explicit values of hyperparameters
+    restarts = 4                # optional (phase retrieval: best-of-k by measurement residual)
+
+A (task, method, model) that does not go together is listed in the results as skipped with
+the reason, so a grid can be written broadly.  Each cell has a key (a hash of everything that
+defines it); ``results.json`` is rewritten after every cell and a rerun skips finished cells,
+so an interrupted suite resumes.  Randomness is per image and seed (``rng.make_generators``),
+so a result depends on neither the batch nor the order of the cells.
+
+``--baseline OLD.json`` compares every cell with the same key and exits 1 listing what
+regressed beyond the tolerances (PSNR and SSIM lower, LPIPS and failure rate higher).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .io import fit_to, list_images, read_image, write_json_atomic
+from .report import environment
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RESULTS_SCHEMA = 1
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_TOLERANCES = {"psnr": 0.5, "ssim": 0.02, "lpips": 0.02, "failure_rate": 0.10}
+TASK_KEYS = {"task", "mask", "kernel", "kernel_size", "border", "scale", "filter", "oversample", "hdr_scale",
+             "box_placement", "missing", "kernel_sigma", "motion_intensity"}
+
+
+class SuiteError(ValueError):
+    """A malformed suite file (a usage error)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    task_opts: dict
+    method: str
+    model: str
+    diffstategrad: bool
+    hparams: dict  # --set values and sweep points
+    guidance: float = 1.0  # multiplier of the method's measurement-guidance step size(s)
+    steps: int | None = None
+    noise_sigma: float = 0.05
+    restarts: int = 1
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.task_opts.items()))
+        extra = [f"{k}={v}" for k, v in sorted(self.hparams.items())]
+        if self.guidance != 1.0:
+            extra.append(f"guidance x{self.guidance:g}")
+        return (f"{self.task}[{opts}] {self.method}{'+dsg' if self.diffstategrad else ''} {self.model}"
+                + (f" ({', '.join(extra)})" if extra else ""))
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    images: list[tuple[str, torch.Tensor]]  # (id, [C, H, W] in [0, 1])
+    seeds: list[int]
+    failure_psnr: float
+    batch_size: int
+    cells: list[Cell]
+    lpips_net: str = "alex"
+    description: str = ""
+    image_source: dict = field(default_factory=dict)
+    models_file: Path | None = None
+
+
+# -- reading a suite ------------------------------------------------------------------------
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _indices(spec, n: int) -> list[int]:
+    if isinstance(spec, list):
+        idx = [int(i) for i in spec]
+    elif isinstance(spec, str) and ":" in spec:
+        parts = [int(p) if p else None for p in spec.split(":")]
+        idx = list(range(n))[slice(*parts)]
+    elif isinstance(spec, int):
+        idx = list(range(spec))
+    else:
+        raise SuiteError(f"images.indices must be a list, a count or 'a:b[:step]', got {spec!r}")
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise SuiteError(f"image index {bad[0]} out of range (0..{n - 1})")
+    return idx
+
+
+def load_fashion_mnist(split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as ``[N, 1, 32, 32]`` in ``[0, 1]`` (28x28 padded with the black background,
+    as the bundled models were trained) and the labels.  Needs Debian's ``dataset-fashion-mnist``."""
+    import gzip
+
+    import numpy as np
+
+    name = {"test": "t10k", "train": "train"}.get(split)
+    if name is None:
+        raise SuiteError(f"fashion_mnist split must be 'test' or 'train', got {split!r}")
+    path = FASHION_MNIST / f"{name}-images-idx3-ubyte.gz"
+    if not path.exists():
+        raise SuiteError(f"{path} not found: install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    with gzip.open(path) as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    with gzip.open(FASHION_MNIST / f"{name}-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)
+    x = torch.from_numpy(x.astype(np.float32) / 255.0)
+    return torch.nn.functional.pad(x, (2, 2, 2, 2), value=0.0), torch.from_numpy(y.astype(np.int64))
+
+
+def _load_images(spec: dict, base: Path) -> list[tuple[str, torch.Tensor]]:
+    if "fashion_mnist" in spec:
+        split = spec["fashion_mnist"]
+        x, _ = load_fashion_mnist(split)
+        return [(f"fmnist-{split}-{i}", x[i]) for i in _indices(spec.get("indices", "0:8"), len(x))]
+    if "paths" in spec:
+        paths = [p if Path(p).is_absolute() else base / p for p in _as_list(spec["paths"])]
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise SuiteError(f"images: no such file or folder {missing[0]}")
+        files = list_images(paths)
+        if not files:
+            raise SuiteError("images: no image files found")
+        return [(f.stem, read_image(f)) for f in files]
+    raise SuiteError("[images] needs fashion_mnist = 'test' (with indices) or paths = [...]")
+
+
+def load_suite(path: Path) -> Suite:
+    """Parse and check a suite file (names of tasks, methods, models and hyperparameters included)."""
+    from .config import ConfigError, load_registry
+    from .registry import METHODS, TASKS
+
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"suite file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    known = {"name", "description", "seeds", "noise_sigma", "failure_psnr", "batch_size", "images", "grid", "lpips_net",
+             "models_file"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SuiteError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    models_file = path.parent / data["models_file"] if "models_file" in data else None
+    try:
+        reg = load_registry(models_file)
+    except ConfigError as e:
+        raise SuiteError(str(e)) from None
+    noise = float(data.get("noise_sigma", 0.05))
+    cells: list[Cell] = []
+    grids = data.get("grid") or []
+    if not grids:
+        raise SuiteError(f"{path}: no [[grid]] tables")
+    grid_keys = {"tasks", "methods", "models", "diffstategrad", "steps", "set", "guidance", "sweep", "restarts", "noise_sigma"}
+    for gi, g in enumerate(grids):
+        unknown = sorted(set(g) - grid_keys)
+        if unknown:
+            raise SuiteError(f"{path}: grid {gi + 1} has unknown key(s) {', '.join(unknown)}")
+        for key in ("tasks", "methods", "models"):
+            if not g.get(key):
+                raise SuiteError(f"{path}: grid {gi + 1} needs {key}")
+        tasks = []
+        for t in _as_list(g["tasks"]):
+            t = {"task": t} if isinstance(t, str) else dict(t)
+            if t.get("task") not in TASKS:
+                raise SuiteError(f"unknown task {t.get('task')!r}; available: {', '.join(TASKS)}")
+            bad = sorted(set(t) - TASK_KEYS)
+            if bad:
+                raise SuiteError(f"task {t['task']}: unknown option(s) {', '.join(bad)}")
+            tasks.append(t)
+        for m in _as_list(g["methods"]):
+            if m not in METHODS:
+                raise SuiteError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
+        for name in _as_list(g["models"]):
+            try:
+                reg.get(name)
+            except ConfigError as e:
+                raise SuiteError(str(e)) from None
+        sweep = g.get("sweep") or {}
+        sweep_items = [[(k, v) for v in _as_list(vals)] for k, vals in sorted(sweep.items())]
+        for t, m, model, dsg, guide, point in itertools.product(
+                tasks, _as_list(g["methods"]), _as_list(g["models"]), _as_list(g.get("diffstategrad", [False])),
+                _as_list(g.get("guidance", [1.0])), list(itertools.product(*sweep_items)) or [()]):
+            defaults = METHODS[m].cls.defaults
+            hp = {k: v for k, v in {**(g.get("set") or {}), **dict(point)}.items() if k in defaults}
+            if point and any(k not in defaults for k, _ in point):
+                continue  # a sweep over a hyperparameter this method does not have
+            task_opts = {k: v for k, v in t.items() if k != "task"}
+            cells.append(Cell(t["task"], task_opts, m, model, bool(dsg), hp, float(guide),
+                              int(g["steps"]) if "steps" in g else None, float(g.get("noise_sigma", noise)),
+                              int(g.get("restarts", TASKS[t["task"]].default_restarts))))
+    seen, unique = set(), []
+    for c in cells:
+        if c.key not in seen:
+            seen.add(c.key)
+            unique.append(c)
+    spec = data.get("images") or {}
+    return Suite(name=str(data.get("name", path.stem)), path=path, images=_load_images(spec, path.parent),
+                 seeds=[int(s) for s in _as_list(data.get("seeds", [0]))],
+                 failure_psnr=float(data.get("failure_psnr", 15.0)), batch_size=int(data.get("batch_size", 8)),
+                 cells=unique, lpips_net=str(data.get("lpips_net", "alex")),
+                 description=str(data.get("description", "")), image_source=dict(spec), models_file=models_file)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+class _Models:
+    """Loads each model once per suite run (on the suite's device)."""
+
+    def __init__(self, device: torch.device, models_file: Path | None = None):
+        from .config import load_registry
+
+        self.device, self.reg, self.cache = device, load_registry(models_file), {}
+
+    def spec(self, name):
+        return self.reg.get(name)
+
+    def prior(self, name):
+        from .hub import load_prior
+
+        if name not in self.cache:
+            self.cache[name] = load_prior(self.spec(name), self.device, torch.float32, allow_download=False)
+        return self.cache[name]
+
+
+def check_cell(cell: Cell, models: _Models) -> str | None:
+    """Why a cell cannot run (a usage problem), or None."""
+    from .registry import UsageError, check_method, parse_set
+
+    try:
+        info = check_method(cell.method, cell.task, models.spec(cell.model))
+        parse_set([f"{k}={v}" for k, v in cell.hparams.items()], info)
+    except UsageError as e:
+        return str(e)
+    if cell.diffstategrad and not info.cls.gradient_guided:
+        return f"{cell.method} has no measurement gradient for DiffStateGrad"
+    if cell.guidance != 1.0 and not info.cls.guidance_keys:
+        return f"{cell.method} has no measurement-guidance step size to scale"
+    return None
+
+
+def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callable | None = None) -> dict:
+    """Restore every image x seed of a cell; per-image metrics and the cell's summary."""
+    from .metrics import measurement_residual, psnr, ssim
+    from .profiling import measure
+    from .registry import METHODS, build_operator
+    from .rng import make_generators
+    from .solvers import DiffStateGrad, run_with_restarts
+
+    info = METHODS[cell.method]
+    prior = models.prior(cell.model)
+    native = getattr(prior, "sample_size", None)
+    hw = None if native is None else ((native, native) if isinstance(native, int) else tuple(native))
+    dsg = DiffStateGrad(0.99, info.cls.default_period) if cell.diffstategrad else None
+    hp = dict(cell.hparams)
+    if cell.steps is not None:
+        hp[info.steps_key] = cell.steps
+    records, used_hp = [], None
+    for seed in suite.seeds:
+        for start in range(0, len(suite.images), suite.batch_size):
+            chunk = list(enumerate(suite.images))[start:start + suite.batch_size]
+            ids = [i for i, _ in chunk]
+            x = torch.stack([_channels(fit_to(img, hw, "resize")[0], prior.channels) for _, (_, img) in chunk])
+            x = x.to(models.device)
+            gens = [make_generators(seed, 1, offset=i)[0] for i in ids]
+            op = build_operator(cell.task, cell.task_opts, tuple(x.shape[1:]), gens, cell.noise_sigma).to(models.device)
+            y = op(x, gens)
+            solver = info.cls(prior, op, dsg, **hp)
+            for k in info.cls.guidance_keys:
+                solver.hp[k] = solver.hp[k] * cell.guidance
+            used_hp = used_hp or {k: v for k, v in solver.params().items() if k != "diffstategrad"}
+            cb = None if on_step is None else (lambda s: on_step(s.step + 1, s.total))
+            with measure(models.device) as usage:
+                res = run_with_restarts(solver, y, gens, cell.restarts, "residual", None, cb)
+            out = res.images.float()
+            with torch.no_grad():
+                p, s = psnr(out, x).tolist(), ssim(out, x).tolist()
+                lps = lp(out, x).double().tolist() if lp is not None else [None] * len(ids)
+            resid = measurement_residual(op, out, y).tolist()
+            for k, i in enumerate(ids):
+                records.append({"image": suite.images[i][0], "seed": seed, "psnr": p[k], "ssim": s[k], "lpips": lps[k],
+                                "residual": resid[k], "nfe": res.nfe, "n_backward": res.n_backward,
+                                "seconds": usage.seconds / len(ids), "peak_memory_mb": usage.peak_mb})
+    return {"hyperparameters": used_hp, "images": records, "summary": summarize_cell(records, suite.failure_psnr)}
+
+
+def _channels(img: torch.Tensor, c: int) -> torch.Tensor:
+    if img.shape[0] == c:
+        return img
+    if c == 1:
+        return (0.299 * img[0:1] + 0.587 * img[1:2] + 0.114 * img[2:3]) if img.shape[0] == 3 else img[:1]
+    return img.expand(c, -1, -1)
+
+
+def _mean_std(vals: list[float]) -> dict:
+    vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    m = sum(vals) / len(vals)
+    return {"mean": m, "std": math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals)), "n": len(vals)}
+
+
+def summarize_cell(records: list[dict], failure_psnr: float) -> dict:
+    out = {k: _mean_std([r[k] for r in records]) for k in ("psnr", "ssim", "lpips", "residual", "seconds")}
+    out["failure_rate"] = sum(r["psnr"] < failure_psnr for r in records) / max(len(records), 1)
+    out["nfe"] = records[0]["nfe"] if records else None
+    out["n_backward"] = records[0]["n_backward"] if records else None
+    mems = [r["peak_memory_mb"] for r in records if r["peak_memory_mb"] is not None]
+    out["peak_memory_mb"] = max(mems) if mems else None
+    return out
+
+
+def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = False,
+              progress: Callable[[str, dict], None] | None = None) -> dict:
+    """Run every cell not already finished in ``output/results.json``; write results.json and results.md."""
+    from .hub import ModelUnavailable
+    from .metrics import LPIPS, lpips_status
+
+    emit = progress or (lambda kind, info: None)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    res_path = output / "results.json"
+    previous = {}
+    if res_path.exists() and not rerun:
+        try:
+            previous = json.loads(res_path.read_text()).get("cells", {})
+        except (json.JSONDecodeError, OSError):
+            previous = {}
+    models = _Models(device, suite.models_file)
+    ok, where = lpips_status(suite.lpips_net)
+    lp = LPIPS(suite.lpips_net).to(device) if ok else None
+    data = {
+        "schema_version": RESULTS_SCHEMA,
+        "suite": {"name": suite.name, "file": str(suite.path), "description": suite.description,
+                  "images": suite.image_source, "n_images": len(suite.images), "seeds": suite.seeds,
+                  "failure_psnr": suite.failure_psnr},
+        "started": datetime.now(timezone.utc).isoformat(), "finished": None,
+        "device": str(device), "lpips": {"net": suite.lpips_net, "available": ok, "source": where},
+        "environment": environment(), "models": {}, "cells": {},
+    }
+
+    def flush():
+        write_json_atomic(res_path, data)
+        (output / "results.md").write_text(markdown_table(data))
+
+    for n, cell in enumerate(suite.cells):
+        prev = previous.get(cell.key)
+        entry = {"config": asdict(cell), "label": cell.label}
+        if prev and prev.get("status") in ("ok", "skipped"):
+            data["cells"][cell.key] = prev
+            emit("cell", {"n": n, "total": len(suite.cells), "label": cell.label, "status": "done before"})
+            continue
+        why = check_cell(cell, models)
+        if why is not None:
+            data["cells"][cell.key] = {**entry, "status": "skipped", "reason": why}
+            emit("cell", {"n": n, "total": len(suite.cells), "label": cell.label, "status": "skipped"})
+            continue
+        emit("start", {"n": n, "total": len(suite.cells), "label": cell.label})
+        t0 = time.time()
+        try:
+            out = run_cell(cell, suite, models, lp, lambda i, tot: emit("step", {"step": i, "total": tot}))
+            data["cells"][cell.key] = {**entry, "status": "ok", **out, "wall_seconds": time.time() - t0}
+            spec = models.spec(cell.model)
+            data["models"][cell.model] = {**spec.record(),
+                                          "resolved_revision": getattr(models.prior(cell.model), "resolved_revision", None)}
+        except ModelUnavailable as e:
+            data["cells"][cell.key] = {**entry, "status": "failed", "error": str(e)}
+        except Exception as e:  # noqa: BLE001 - one failing cell never loses the others
+            data["cells"][cell.key] = {**entry, "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        emit("cell", {"n": n, "total": len(suite.cells), "label": cell.label, "status": data["cells"][cell.key]["status"]})
+        flush()
+    data["finished"] = datetime.now(timezone.utc).isoformat()
+    flush()
+    return data
+
+
+# -- reporting and comparing ----------------------------------------------------------------
+
+def _fmt(s: dict | None, d: int) -> str:
+    if not s or s.get("mean") is None:
+        return "-"
+    return f"{s['mean']:.{d}f} ({s['std']:.{d}f})"
+
+
+def markdown_table(data: dict) -> str:
+    suite = data["suite"]
+    lines = [f"# {suite['name']}", ""]
+    if suite.get("description"):
+        lines += [suite["description"], ""]
+    lines += [f"{suite['n_images']} images x {len(suite['seeds'])} seed(s); mean (std) per image; failure = PSNR < "
+              f"{suite['failure_psnr']:g} dB; device {data['device']}; LPIPS {data['lpips']['net']}"
+              + ("" if data["lpips"]["available"] else " (unavailable)") + ".", "",
+              "| task | method | DSG | model | setting | PSNR | SSIM | LPIPS | fail | NFE | s/img | peak MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, c in data["cells"].items():
+        cfg = c["config"]
+        task = cfg["task"] + ("" if not cfg["task_opts"] else " " + ",".join(str(v) for v in cfg["task_opts"].values()))
+        setting = ", ".join([f"{k}={v}" for k, v in sorted(cfg["hparams"].items())]
+                            + ([f"guidance x{cfg['guidance']:g}"] if cfg["guidance"] != 1.0 else [])
+                            + ([f"steps={cfg['steps']}"] if cfg.get("steps") else [])) or "default"
+        head = f"| {task} | {cfg['method']} | {'yes' if cfg['diffstategrad'] else 'no'} | {cfg['model']} | {setting} |"
+        if c["status"] != "ok":
+            lines.append(f"{head} {c['status']}: {c.get('reason') or c.get('error')} | | | | | | |")
+            continue
+        s = c["summary"]
+        mem = "-" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
+        lines.append(f"{head} {_fmt(s['psnr'], 2)} | {_fmt(s['ssim'], 3)} | {_fmt(s['lpips'], 3)} | "
+                     f"{100 * s['failure_rate']:.0f}% | {s['nfe']} | {s['seconds']['mean']:.2f} | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_tolerances(items: list[str]) -> dict[str, float]:
+    tol = dict(DEFAULT_TOLERANCES)
+    for item in items:
+        if "=" not in item:
+            try:
+                tol["psnr"] = float(item)
+            except ValueError:
+                raise SuiteError(f"--tolerance expects METRIC=VALUE or a PSNR in dB, got {item!r}") from None
+            continue
+        k, v = item.split("=", 1)
+        if k not in DEFAULT_TOLERANCES:
+            raise SuiteError(f"--tolerance: unknown metric {k!r}; known: {', '.join(DEFAULT_TOLERANCES)}")
+        try:
+            tol[k] = float(v)
+        except ValueError:
+            raise SuiteError(f"--tolerance {k}: {v!r} is not a number") from None
+        if tol[k] < 0:
+            raise SuiteError(f"--tolerance {k}: must be >= 0")
+    return tol
+
+
+def compare(current: dict, baseline: dict, tol: dict[str, float]) -> list[dict]:
+    """Regressions of ``current`` against ``baseline`` (cells matched by key)."""
+    worse = []
+    for key, base in baseline.get("cells", {}).items():
+        if base.get("status") != "ok":
+            continue
+        cur = current["cells"].get(key)
+        label = base.get("label", key)
+        if cur is None:
+            worse.append({"cell": label, "metric": "-", "baseline": "ok", "now": "missing", "limit": "-"})
+            continue
+        if cur.get("status") != "ok":
+            worse.append({"cell": label, "metric": "status", "baseline": "ok", "now": cur.get("status"), "limit": "-"})
+            continue
+        bs, cs = base["summary"], cur["summary"]
+        for metric, sign in (("psnr", -1), ("ssim", -1), ("lpips", +1)):
+            b, c = (bs.get(metric) or {}).get("mean"), (cs.get(metric) or {}).get("mean")
+            if b is None or c is None:
+                continue
+            if sign * (c - b) > tol[metric]:
+                worse.append({"cell": label, "metric": metric, "baseline": b, "now": c, "limit": tol[metric]})
+        if cs["failure_rate"] - bs["failure_rate"] > tol["failure_rate"] + 1e-12:
+            worse.append({"cell": label, "metric": "failure_rate", "baseline": bs["failure_rate"],
+                          "now": cs["failure_rate"], "limit": tol["failure_rate"]})
+    return worse
+
+
+__all__ = ["Suite", "Cell", "SuiteError", "load_suite", "run_suite", "compare", "parse_tolerances", "markdown_table",
+           "load_fashion_mnist"]

@@ -1,0 +1,206 @@
+"""`restore bench`: suites, cells, determinism, resume, the Markdown table and the regression gate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from restore_cli.bench import Cell, SuiteError, compare, load_suite, parse_tolerances, summarize_cell
+from restore_cli.cli import app
+from tests.conftest import tiny_unet
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Three 16x16 grey images, a tiny random pixel model (a local diffusers folder) and a suite."""
+    from diffusers import DDPMScheduler
+
+    d = tmp_path_factory.mktemp("bench")
+    imgs = d / "images"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        a = np.zeros((16, 16), np.uint8)
+        a[3 + i:12, 4:12 - i] = 200 - 30 * i  # a bright object on black, like Fashion-MNIST
+        a = np.clip(a + rng.integers(0, 20, a.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(imgs / f"im{i}.png")
+    model = d / "tiny"
+    tiny_unet(1, 1, size=16).save_pretrained(model)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(model)
+    suite = d / "suite.toml"
+    suite.write_text(f"""
+name = "unit"
+seeds = [0, 1]
+noise_sigma = 0.05
+failure_psnr = 12.0
+batch_size = 2
+
+[images]
+paths = ["images"]
+
+[[grid]]
+tasks = [{{ task = "inpaint", mask = "box" }}, {{ task = "deblur", kernel = "gaussian", kernel_size = 5 }}]
+methods = ["dps", "pigdm"]
+models = ["{model}"]
+diffstategrad = [false, true]
+steps = 4
+
+[[grid]]
+tasks = [{{ task = "inpaint", mask = "box" }}, "phase-retrieval"]
+methods = ["pseudo-inverse", "posterior-mean"]
+models = ["gaussian-grey"]
+
+[[grid]]
+tasks = [{{ task = "inpaint", mask = "box" }}]
+methods = ["dps", "pigdm"]
+models = ["{model}"]
+steps = 4
+guidance = [10.0]
+""")
+    return d, suite
+
+
+def bench(*args):
+    return runner.invoke(app, ["bench", *map(str, args)])
+
+
+def test_suite_expands_grids(setup):
+    d, suite = setup
+    s = load_suite(suite)
+    assert len(s.images) == 3 and s.seeds == [0, 1]
+    assert s.images[0][1].shape == (1, 16, 16)
+    # 2 tasks x 2 methods x 2 DSG + 2 tasks x 2 baselines + 2 guidance cells
+    assert len(s.cells) == 8 + 4 + 2
+    assert len({c.key for c in s.cells}) == len(s.cells)
+
+
+def test_bench_runs_resumes_and_is_deterministic(setup):
+    d, suite = setup
+    out = d / "out"
+    r = bench(suite, "-o", out, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "results.json").read_text())
+    cells = {c["label"]: c for c in data["cells"].values()}
+    ok = [c for c in cells.values() if c["status"] == "ok"]
+    skipped = {c["label"]: c["reason"] for c in cells.values() if c["status"] == "skipped"}
+    # incompatible pairs are listed with their reason, not run: phase retrieval has no pseudo-inverse
+    # and no Gaussian posterior; PiGDM has no step size to scale
+    assert any("phase-retrieval" in k and "pseudo-inverse" in k for k in skipped)
+    assert any("phase-retrieval" in k and "posterior-mean" in k for k in skipped)
+    assert any("pigdm" in k and "guidance" in k for k in skipped)
+    assert len(ok) == 8 + 2 + 1
+    for c in ok:
+        assert len(c["images"]) == 3 * 2  # images x seeds
+        s = c["summary"]
+        assert s["psnr"]["n"] == 6 and 0 <= s["failure_rate"] <= 1 and s["seconds"]["mean"] > 0
+    # the zero-filled baseline is exactly the masked image: its PSNR is the hole's error
+    pinv = next(c for k, c in cells.items() if "pseudo-inverse" in k and "inpaint" in k)
+    assert pinv["summary"]["nfe"] == 0
+    md = (out / "results.md").read_text()
+    assert md.count("\n| inpaint") + md.count("\n| deblur") + md.count("\n| phase-retrieval") == len(cells)
+
+    # resume: a second run finds every cell done and keeps the results byte for byte
+    before = (out / "results.json").read_text()
+    r = bench(suite, "-o", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    after = json.loads((out / "results.json").read_text())
+    assert json.dumps(after["cells"], sort_keys=True) == json.dumps(json.loads(before)["cells"], sort_keys=True)
+
+    # deterministic: a fresh run elsewhere reproduces every metric exactly, and passes the gate
+    out2 = d / "out2"
+    r = bench(suite, "-o", out2, "--device", "cpu", "-q", "--baseline", out / "results.json", "--tolerance", "0")
+    assert r.exit_code == 0, r.output
+    again = json.loads((out2 / "results.json").read_text())
+    for key, c in data["cells"].items():
+        if c["status"] == "ok":
+            assert [i["psnr"] for i in c["images"]] == [i["psnr"] for i in again["cells"][key]["images"]]
+
+
+def test_regression_gate_fails_on_a_worse_run(setup):
+    d, suite = setup
+    out = d / "out"  # finished by the test above: these runs resume it, so only the comparison is new
+    if not (out / "results.json").exists():
+        assert bench(suite, "-o", out, "--device", "cpu", "-q").exit_code == 0
+    base = json.loads((out / "results.json").read_text())
+    key = next(k for k, c in base["cells"].items() if c["status"] == "ok" and c["config"]["method"] == "dps")
+    base["cells"][key]["summary"]["psnr"]["mean"] += 3.0  # the baseline was 3 dB better
+    (d / "better.json").write_text(json.dumps(base))
+    r = bench(suite, "-o", out, "--device", "cpu", "-q", "--baseline", d / "better.json")
+    assert r.exit_code == 1
+    assert "regressions" in r.output and "psnr" in r.output
+    # within a generous tolerance the same difference passes
+    r = bench(suite, "-o", out, "--device", "cpu", "-q", "--baseline", d / "better.json", "--tolerance", "psnr=5")
+    assert r.exit_code == 0, r.output
+
+
+def test_compare_and_tolerances():
+    def res(psnr, fail, status="ok"):
+        return {"cells": {"k": {"label": "cell", "status": status,
+                                "summary": {"psnr": {"mean": psnr}, "ssim": {"mean": 0.8}, "lpips": {"mean": 0.2},
+                                            "failure_rate": fail}}}}
+
+    tol = parse_tolerances([])
+    assert compare(res(20.0, 0.0), res(20.4, 0.0), tol) == []
+    assert [w["metric"] for w in compare(res(19.0, 0.0), res(20.0, 0.0), tol)] == ["psnr"]
+    assert [w["metric"] for w in compare(res(20.0, 0.5), res(20.0, 0.25), tol)] == ["failure_rate"]
+    assert compare(res(20.0, 0.0, "failed"), res(20.0, 0.0), tol)[0]["now"] == "failed"
+    assert compare({"cells": {}}, res(20.0, 0.0), tol)[0]["now"] == "missing"
+    assert parse_tolerances(["1.5", "lpips=0.1"])["psnr"] == 1.5
+    for bad in (["x=1"], ["psnr=a"], ["psnr=-1"], ["abc"]):
+        with pytest.raises(SuiteError):
+            parse_tolerances(bad)
+
+
+def test_failure_rate_is_share_under_threshold():
+    recs = [{"psnr": p, "ssim": 0.5, "lpips": None, "residual": 0.1, "seconds": 1.0, "nfe": 3, "n_backward": 0,
+             "peak_memory_mb": None} for p in (10.0, 14.9, 15.0, 30.0)]
+    s = summarize_cell(recs, 15.0)
+    assert s["failure_rate"] == 0.5 and s["psnr"]["mean"] == pytest.approx(17.475) and s["lpips"]["mean"] is None
+
+
+def test_cell_key_changes_with_every_setting():
+    base = Cell("inpaint", {"mask": "box"}, "dps", "m", False, {})
+    variants = [Cell("inpaint", {"mask": "random"}, "dps", "m", False, {}), Cell("inpaint", {"mask": "box"}, "dps", "m", True, {}),
+                Cell("inpaint", {"mask": "box"}, "dps", "m", False, {"zeta": 1.0}),
+                Cell("inpaint", {"mask": "box"}, "dps", "m", False, {}, guidance=2.0),
+                Cell("inpaint", {"mask": "box"}, "dps", "m", False, {}, noise_sigma=0.01)]
+    assert len({base.key, *(v.key for v in variants)}) == 6
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("name='x'\n[images]\npaths=['nope']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']", "no such file"),
+    ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['nope']\nmodels=['gaussian']", "unknown method"),
+    ("[images]\npaths=['.']\n[[grid]]\ntasks=['blur']\nmethods=['dps']\nmodels=['gaussian']", "unknown task"),
+    ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['nope']", "unknown model"),
+    ("[images]\npaths=['.']", "no [[grid]]"),
+    ("oops = 1\n", "unknown key"),
+    ("[[grid", "not valid TOML"),
+])
+def test_bad_suites_are_usage_errors(tmp_path, text, msg):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "s.toml").write_text(text)
+    r = bench(tmp_path / "s.toml", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and msg in r.output, r.output
+
+
+def test_bench_missing_suite_and_baseline(tmp_path, setup):
+    d, suite = setup
+    assert bench(tmp_path / "none.toml").exit_code == 2
+    r = bench(suite, "--baseline", tmp_path / "none.json")
+    assert r.exit_code == 2 and "baseline" in r.output
+
+
+def test_fashion_mnist_images_load_when_installed():
+    from restore_cli.bench import FASHION_MNIST, load_fashion_mnist
+
+    if not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    x, y = load_fashion_mnist("test")
+    assert x.shape == (10000, 1, 32, 32) and y.shape == (10000,)
+    assert float(x[:, :, :2].abs().max()) == 0.0  # padded with the black background
+    assert 0 < float(x.mean()) < 0.5 and torch.all((y >= 0) & (y < 10))
