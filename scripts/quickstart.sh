@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Quick start, offline on a CPU: installs what is missing, then restores the example photos
-# (box inpainting, PiGDM, the analytic Gaussian prior) into ./restored. Under a minute once installed.
+# Quick start, offline on a CPU: installs what is missing, then restores the example images
+# (box inpainting, PiGDM, the bundled Fashion-MNIST diffusion model) into ./restored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec .venv/bin/restore inpaint --model gaussian --method pigdm --compare examples/ -o restored "$@"
+exec .venv/bin/restore inpaint --model fmnist-ddpm-32 --method pigdm --batch-size 8 --compare examples/fmnist -o restored "$@"

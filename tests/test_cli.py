@@ -263,4 +263,4 @@ def test_registry_pins_hub_revisions():
     for name in ("ddpm-celebahq-256", "sd-v1-5", "sd-v1-4"):
         assert re.fullmatch(r"[0-9a-f]{40}", reg.models[name].revision), name
     assert reg.models["ldm-celebahq-256"].latent_scaling_factor == 1.0  # diffusers issue 6725
-    assert reg.defaults["offline"] == "gaussian" and reg.models["sd-v1-5"].default_prompt
+    assert reg.defaults["offline"] == "fmnist-ddpm-32" and reg.defaults["analytic"] == "gaussian" and reg.models["sd-v1-5"].default_prompt

@@ -49,22 +49,40 @@ def test_latent_negative_control_and_dsg():
     assert r.rel_mean_error < 0.5, r
 
 
-def test_p2l_projection_and_prompt_tuning(latent_models):
-    """P2L's projection onto the encoder's range (Eq. 19-20) alone moves to the posterior; the prompt
-    embedding of a text-conditioned model is tuned (it changes) while the model's own prompt does not.
+@pytest.mark.slow
+def test_p2l_moves_to_the_posterior():
+    """Full P2L (projection onto the encoder's range, Eq. 19-20, plus the latent update) with its default
+    hyperparameters for box inpainting, Table 6's inpainting column (Adam update of Algorithm 3 with
+    rho 0.05, projection every 3 steps, lam 0.1), over the default 1000 steps, lands near the exact
+    posterior mean; its components are checked on their own.
 
-    Measured on the oracle (box, 1000 steps, 8 samples): projection only (rho = 0) puts the hole
-    within 0.07 of the exact posterior mean; with the LDPS step of line 12 added as written
-    (gradient from the unprojected estimate) the two corrections overshoot (rel 0.92 at 1000 steps,
-    0.23 at 200): recorded, not hidden, and left for investigation.
+    Measured on the oracle (8 samples): full P2L rel 0.21 (0.23 with 16 other samples), spread 0.77;
+    projection only (rho = 0, 200 steps) 0.15; neither correction (a DDIM prior sampler) 1.49.  Bound
+    0.35 as for the other latent solvers (Monte-Carlo error of 8 samples, platform differences), and
+    the spread must not collapse (> 0.3).  Not asserted: the GD column (line 12, rho = 1, every 4 steps,
+    Table 6's SR x8 and the global default) overshoots here at 1000 steps (rel 0.88): rho = 1 on the
+    gradient of the norm is an absolute step, far too long on 432 pixels, and an even projection
+    period locks onto the resulting period-2 oscillation (see ``solvers/p2l.py``).
     """
-    from restore_cli.config import local_model
-    from restore_cli.hub import load_prior
-    from restore_cli.ops import Inpainting, box_mask
     from restore_cli.solvers import P2L
 
+    r = compare(P2L, "box", latent=True, n=8, sigma_y=0.01)
+    assert r.rel_mean_error < 0.35 and r.spread_ratio > 0.3, r
     r = compare(P2L, "box", latent=True, n=8, sigma_y=0.01, steps=200, rho=0.0)
     assert r.rel_mean_error < 0.35, r
+    r = compare(P2L, "box", latent=True, n=8, sigma_y=0.01, steps=200, rho=0.0, every=10**6)  # negative control
+    assert r.rel_mean_error > 0.6, r
+
+
+def test_p2l_prompt_tuning_adam_and_table6_defaults(latent_models):
+    """The prompt embedding of a text-conditioned model is tuned (it changes, one per image) while the
+    model's own prompt does not; Table 6's FFHQ columns are the per-task defaults (``--set`` wins);
+    the Adam latent update (Algorithm 3) keeps the images of a batch independent."""
+    from restore_cli.config import local_model
+    from restore_cli.hub import load_prior
+    from restore_cli.ops import Inpainting, SuperResolution, box_mask
+    from restore_cli.solvers import P2L
+
     p = load_prior(local_model(latent_models["kl-text"]), torch.device("cpu"), torch.float32)
     before = p.cond.clone()
     op = Inpainting(box_mask(16, 16, make_generators(0, 2)), 3, kind="box")
@@ -73,6 +91,21 @@ def test_p2l_projection_and_prompt_tuning(latent_models):
     s.run(y, make_generators(2, 2))
     assert not torch.allclose(s.emb, before.expand_as(s.emb)) and torch.equal(p.cond, before)
     assert not torch.allclose(s.emb[0], s.emb[1])  # one embedding per image
+
+    hp = s.hp
+    assert (hp["latent_update"], hp["rho"], hp["every"], hp["lam"], hp["prompt_steps"]) == ("adam", 0.05, 3, 0.1, 3)
+    assert P2L(p, op).hp["prompt_steps"] == 1 and P2L(p, op).hp["prompt_rho"] == 1.0
+    sr = P2L(p, SuperResolution((3, 16, 16), 2)).hp
+    assert (sr["latent_update"], sr["rho"], sr["every"], sr["lam"], sr["prompt_steps"]) == ("gd", 1.0, 4, 1.0, 5)
+    with pytest.raises(ValueError):
+        P2L(p, op, latent_update="sgd")
+
+    prior, box, truth, y1 = oracle_task("box", latent=True, sigma_y=0.01)
+    two = Inpainting(box.mask.expand(2, -1, -1, -1), 3, box.sigma_y, box.kind)
+    y2 = torch.cat([y1, y1 + 0.05])
+    both = P2L(prior, two, steps=20).run(y2, make_generators(3, 2)).model
+    alone = P2L(prior, box, steps=20).run(y2[1:], make_generators(3, 1, offset=1)).model
+    assert torch.allclose(both[1:], alone, atol=1e-5)
 
 
 def test_resample_defaults_and_schedule():

@@ -31,7 +31,7 @@ class MethodInfo:
     steps_key: str  # the hyperparameter that --steps sets
     nfe: str  # network evaluations per image at the defaults
     summary: str
-    default_model: str = ""  # the models.toml default it runs on without --model: its first space, or "offline"
+    default_model: str = ""  # the models.toml default it runs on without --model: its first space, or "analytic"
 
     @property
     def default_kind(self) -> str:
@@ -61,10 +61,10 @@ METHODS: dict[str, MethodInfo] = {
     # classical baselines (no learned prior, no steps)
     "pseudo-inverse": MethodInfo("pseudo-inverse", PseudoInverse, ("pixel",), ("inpaint", "deblur", "superres", "hdr"),
                                  "steps", "0", "Baseline: A^+ y (zero-filled for inpainting; PiGDM's h^+ for HDR)",
-                                 default_model="offline"),
+                                 default_model="analytic"),
     "posterior-mean": MethodInfo("posterior-mean", PosteriorMean, ("pixel",), LINEAR_TASKS, "steps", "0",
                                  "Baseline: exact posterior mean under an analytic Gaussian model (Wiener filter)",
-                                 default_model="offline"),
+                                 default_model="analytic"),
 }
 
 
