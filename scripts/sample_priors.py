@@ -75,9 +75,10 @@ def main():
     train, _ = load_fashion_mnist("train")
     test, labels = load_fashion_mnist("test")
     ref = nn_distance(test[: args.n], train)
-    report = {"test_images_nn_rms": ref, "n": args.n, "steps": args.steps}
     out = ROOT / "docs" / "img"
     out.mkdir(parents=True, exist_ok=True)
+    report = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
+    report.update({"test_images_nn_rms": ref, "n": args.n, "steps": args.steps})
     for name in args.models:
         prior = load_prior(reg.get(name), torch.device("cpu"), torch.float32, allow_download=False)
         s = sample(prior, args.n, args.steps)

@@ -138,6 +138,22 @@ def test_regression_gate_fails_on_a_worse_run(setup):
     assert r.exit_code == 0, r.output
 
 
+def test_results_of_other_weights_are_not_reused(setup):
+    """A finished cell is kept on resume only if the model's weights (fingerprint) are the same."""
+    d, suite = setup
+    out = d / "out"
+    if not (out / "results.json").exists():
+        assert bench(suite, "-o", out, "--device", "cpu", "-q").exit_code == 0
+    data = json.loads((out / "results.json").read_text())
+    key = next(k for k, c in data["cells"].items() if c["status"] == "ok" and c["config"]["method"] == "pigdm")
+    data["cells"][key]["model_fingerprint"] = "local:another-model"
+    data["cells"][key]["summary"]["psnr"]["mean"] = 99.0
+    (out / "results.json").write_text(json.dumps(data))
+    assert bench(suite, "-o", out, "--device", "cpu", "-q").exit_code == 0
+    again = json.loads((out / "results.json").read_text())["cells"][key]
+    assert again["summary"]["psnr"]["mean"] != 99.0 and again["model_fingerprint"].startswith("local:")
+
+
 def test_compare_and_tolerances():
     def res(psnr, fail, status="ok"):
         return {"cells": {"k": {"label": "cell", "status": status,

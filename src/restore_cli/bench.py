@@ -171,18 +171,31 @@ def _load_images(spec: dict, base: Path) -> list[tuple[str, torch.Tensor]]:
     raise SuiteError("[images] needs fashion_mnist = 'test' (with indices) or paths = [...]")
 
 
+def _read(path: Path, what: str, parse, error, fmt: str):
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{what} {path} does not exist")
+    try:
+        return parse(path.read_text())
+    except error as e:
+        raise SuiteError(f"{path}: not valid {fmt}: {e}") from None
+
+
+def load_results(path: Path) -> dict:
+    """A results.json written by :func:`run_suite` (a baseline)."""
+    data = _read(path, "baseline", json.loads, json.JSONDecodeError, "JSON")
+    if not isinstance(data, dict) or "cells" not in data:
+        raise SuiteError(f"{path}: not a restore bench results.json (no 'cells')")
+    return data
+
+
 def load_suite(path: Path) -> Suite:
     """Parse and check a suite file (names of tasks, methods, models and hyperparameters included)."""
     from .config import ConfigError, load_registry
     from .registry import METHODS, TASKS
 
     path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"suite file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    data = _read(path, "suite file", tomllib.loads, tomllib.TOMLDecodeError, "TOML")
     known = {"name", "description", "seeds", "noise_sigma", "failure_psnr", "batch_size", "images", "grid", "lpips_net",
              "models_file"}
     unknown = sorted(set(data) - known)
@@ -270,6 +283,24 @@ class _Models:
         return self.cache[name]
 
 
+def model_fingerprint(spec) -> str:
+    """What identifies a model's weights: the Hub revision, or a hash of a bundled/local folder's
+    weights and configs, or the analytic fit.  A finished cell is reused only with the same one."""
+    if spec.source == "hub":
+        return f"hub:{spec.repo_id}@{spec.revision}"
+    if spec.source == "analytic":
+        from importlib import resources
+
+        fit = resources.files("restore_cli").joinpath("data/gaussian_prior.json").read_bytes()
+        return f"analytic:{spec.fit or 'photos'}:{hashlib.sha1(fit).hexdigest()[:12]}"
+    h = hashlib.sha1()
+    root = Path(spec.path)
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".txt")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return f"{spec.source}:{h.hexdigest()[:12]}"
+
+
 def check_cell(cell: Cell, models: _Models) -> str | None:
     """Why a cell cannot run (a usage problem), or None."""
     from .registry import UsageError, check_method, parse_set
@@ -321,14 +352,19 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
                 res = run_with_restarts(solver, y, gens, cell.restarts, "residual", None, cb)
             out = res.images.float()
             with torch.no_grad():
-                p, s = psnr(out, x).tolist(), ssim(out, x).tolist()
-                lps = lp(out, x).double().tolist() if lp is not None else [None] * len(ids)
-            resid = measurement_residual(op, out, y).tolist()
+                p, s = _finite(psnr(out, x)), _finite(ssim(out, x))
+                lps = _finite(lp(out, x).double()) if lp is not None else [None] * len(ids)
+            resid = _finite(measurement_residual(op, out, y))
             for k, i in enumerate(ids):
                 records.append({"image": suite.images[i][0], "seed": seed, "psnr": p[k], "ssim": s[k], "lpips": lps[k],
                                 "residual": resid[k], "nfe": res.nfe, "n_backward": res.n_backward,
                                 "seconds": usage.seconds / len(ids), "peak_memory_mb": usage.peak_mb})
     return {"hyperparameters": used_hp, "images": records, "summary": summarize_cell(records, suite.failure_psnr)}
+
+
+def _finite(v: torch.Tensor) -> list:
+    """Per-image values; a diverged image (NaN or inf) is recorded as null (and counts as a failure)."""
+    return [x if math.isfinite(x) else None for x in v.double().tolist()]
 
 
 def _channels(img: torch.Tensor, c: int) -> torch.Tensor:
@@ -349,7 +385,7 @@ def _mean_std(vals: list[float]) -> dict:
 
 def summarize_cell(records: list[dict], failure_psnr: float) -> dict:
     out = {k: _mean_std([r[k] for r in records]) for k in ("psnr", "ssim", "lpips", "residual", "seconds")}
-    out["failure_rate"] = sum(r["psnr"] < failure_psnr for r in records) / max(len(records), 1)
+    out["failure_rate"] = sum(r["psnr"] is None or r["psnr"] < failure_psnr for r in records) / max(len(records), 1)
     out["nfe"] = records[0]["nfe"] if records else None
     out["n_backward"] = records[0]["n_backward"] if records else None
     mems = [r["peak_memory_mb"] for r in records if r["peak_memory_mb"] is not None]
@@ -358,8 +394,11 @@ def summarize_cell(records: list[dict], failure_psnr: float) -> dict:
 
 
 def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = False,
-              progress: Callable[[str, dict], None] | None = None) -> dict:
-    """Run every cell not already finished in ``output/results.json``; write results.json and results.md."""
+              progress: Callable[[str, dict], None] | None = None, only: list[str] | None = None) -> dict:
+    """Run every cell not already finished in ``output/results.json``; write results.json and results.md.
+
+    ``only``: run just the cells whose label contains one of these strings (the others keep
+    their previous results, if any)."""
     from .hub import ModelUnavailable
     from .metrics import LPIPS, lpips_status
 
@@ -390,9 +429,20 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         write_json_atomic(res_path, data)
         (output / "results.md").write_text(markdown_table(data))
 
+    prints = {}
+    for cell in suite.cells:
+        if cell.model not in prints:
+            prints[cell.model] = model_fingerprint(models.spec(cell.model))
+    # earlier results of this suite's cells (in the suite's order), if made with the same weights
+    previous = {k: c for k, c in previous.items() if c.get("model_fingerprint") == prints.get(c["config"]["model"])}
+    for cell in suite.cells:
+        if cell.key in previous:
+            data["cells"][cell.key] = previous[cell.key]
     for n, cell in enumerate(suite.cells):
+        if only and not any(o in cell.label for o in only):
+            continue
         prev = previous.get(cell.key)
-        entry = {"config": asdict(cell), "label": cell.label}
+        entry = {"config": asdict(cell), "label": cell.label, "model_fingerprint": prints[cell.model]}
         if prev and prev.get("status") in ("ok", "skipped"):
             data["cells"][cell.key] = prev
             emit("cell", {"n": n, "total": len(suite.cells), "label": cell.label, "status": "done before"})
@@ -504,5 +554,5 @@ def compare(current: dict, baseline: dict, tol: dict[str, float]) -> list[dict]:
     return worse
 
 
-__all__ = ["Suite", "Cell", "SuiteError", "load_suite", "run_suite", "compare", "parse_tolerances", "markdown_table",
+__all__ = ["Suite", "Cell", "SuiteError", "load_suite", "load_results", "run_suite", "compare", "parse_tolerances", "markdown_table",
            "load_fashion_mnist"]

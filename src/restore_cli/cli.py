@@ -214,8 +214,8 @@ def _rich_tqdm():
         return None
 
 
-class _Progress:
-    """Turns the library's events into a Rich progress bar (stderr)."""
+class _RichProgress:
+    """A transient Rich progress display on stderr (off when quiet or not a terminal)."""
 
     def __init__(self, quiet: bool):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -223,7 +223,6 @@ class _Progress:
         self.quiet = quiet
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  console=err, transient=True, disable=quiet or not err.is_terminal)
-        self.task = None
 
     def __enter__(self):
         self.progress.__enter__()
@@ -231,6 +230,14 @@ class _Progress:
 
     def __exit__(self, *a):
         self.progress.__exit__(*a)
+
+
+class _Progress(_RichProgress):
+    """Turns the library's events into a Rich progress bar (stderr)."""
+
+    def __init__(self, quiet: bool):
+        super().__init__(quiet)
+        self.task = None
 
     def event(self, kind: str, info: dict):
         if kind == "model" and not self.quiet:
@@ -291,15 +298,16 @@ def bench_cmd(
     tolerance: Annotated[list[str], typer.Option("--tolerance", help="psnr=0.5, ssim=0.02, lpips=0.02, failure_rate=0.1 (repeatable; a bare number is PSNR dB).")] = [],
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     rerun: Annotated[bool, typer.Option("--rerun", help="Run every cell again (default: keep the finished cells of results.json).")] = False,
+    only: Annotated[list[str], typer.Option("--only", help="Run only cells whose label contains this text (repeatable), e.g. 'inpaint[mask=box]' or 'fmnist-ddpm-32'.")] = [],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and regressions.")] = False,
 ):
     """Benchmark: run a suite, write results.json and a Markdown table; optionally gate on a baseline.
 
     Example: [bold]restore bench benchmarks/regression.toml --baseline benchmarks/regression.json[/bold]
     """
-    import json
+    from rich.markup import escape
 
-    from .bench import SuiteError, compare, load_suite, parse_tolerances, run_suite
+    from .bench import SuiteError, compare, load_results, load_suite, parse_tolerances, run_suite
     from .registry import UsageError, resolve_device
 
     _quiet_libraries()
@@ -307,23 +315,16 @@ def bench_cmd(
         tol = parse_tolerances(tolerance)
         plan = load_suite(suite)
         dev = resolve_device(device)
-        base = None
-        if baseline is not None:
-            if not baseline.is_file():
-                raise SuiteError(f"baseline {baseline} does not exist")
-            try:
-                base = json.loads(baseline.read_text())
-            except json.JSONDecodeError as e:
-                raise SuiteError(f"baseline {baseline}: not JSON ({e})") from None
+        base = None if baseline is None else load_results(baseline)
     except (SuiteError, UsageError) as e:
         raise typer.Exit(_usage(str(e)))
     out_dir = output or Path("bench") / plan.name
     with _BenchProgress(quiet, len(plan.cells)) as prog:
-        data = run_suite(plan, out_dir, dev, rerun=rerun, progress=prog.event)
+        data = run_suite(plan, out_dir, dev, rerun=rerun, progress=prog.event, only=only)
     cells = data["cells"].values()
     failed = [c for c in cells if c["status"] == "failed"]
     for c in failed:
-        err.print(f"[red]failed:[/red] {c['label']}: {c['error']}", highlight=False, soft_wrap=True)
+        err.print(f"[red]failed:[/red] {escape(c['label'])}: {escape(c['error'])}", highlight=False, soft_wrap=True)
     if not quiet:
         out.print(f"{sum(c['status'] == 'ok' for c in cells)} cells ok, {sum(c['status'] == 'skipped' for c in cells)} "
                   f"skipped, {len(failed)} failed; results: {out_dir / 'results.json'}, table: {out_dir / 'results.md'}",
@@ -337,7 +338,7 @@ def bench_cmd(
                 t.add_column(col)
             f = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
             for w in worse:
-                t.add_row(w["cell"], w["metric"], f(w["baseline"]), f(w["now"]), f(w["limit"]))
+                t.add_row(escape(w["cell"]), w["metric"], f(w["baseline"]), f(w["now"]), f(w["limit"]))
             Console(stderr=True, width=200).print(t)
             code = 1
         elif not quiet:
@@ -345,38 +346,29 @@ def bench_cmd(
     raise typer.Exit(code)
 
 
-class _BenchProgress:
+class _BenchProgress(_RichProgress):
     """Rich progress for a suite: a bar over cells and one over the current cell's steps."""
 
     def __init__(self, quiet: bool, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.quiet = quiet
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=err, transient=True, disable=quiet or not err.is_terminal)
+        super().__init__(quiet)
         self.cells = self.progress.add_task("cells", total=total)
         self.steps = None
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *a):
-        self.progress.__exit__(*a)
 
     def event(self, kind: str, info: dict):
         if kind == "start":
             if self.steps is not None:
                 self.progress.remove_task(self.steps)
-            self.steps = self.progress.add_task(info["label"][:60], total=None)
+            from rich.markup import escape
+
+            self.steps = self.progress.add_task(escape(info["label"][:60]), total=None)
         elif kind == "step" and self.steps is not None:
             self.progress.update(self.steps, completed=info["step"], total=info["total"])
         elif kind == "cell":
             self.progress.update(self.cells, completed=info["n"] + 1)
             if not self.quiet and info["status"] not in ("ok",):
-                err.print(f"{info['status']}: {info['label']}", highlight=False)
+                err.print(f"{info['status']}: {info['label']}", highlight=False, markup=False)
             elif not self.quiet:
-                err.print(f"done: {info['label']}", highlight=False)
+                err.print(f"done: {info['label']}", highlight=False, markup=False)
 
 
 @models_app.command("list")

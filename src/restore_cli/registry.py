@@ -56,7 +56,7 @@ METHODS: dict[str, MethodInfo] = {
                        "Posterior sampling with latent diffusion, gluing term (Rout et al. 2023)"),
     "resample": MethodInfo("resample", ReSample, ("latent",), ALL_TASKS, "steps", "~665 (500 DDIM + look-ahead)",
                            "Hard data consistency + stochastic resampling (Song et al. 2024)"),
-    "p2l": MethodInfo("p2l", P2L, ("latent",), LINEAR_TASKS, "steps", "1000 (+5 per step for prompt tuning)",
+    "p2l": MethodInfo("p2l", P2L, ("latent",), LINEAR_TASKS, "steps", "1000 (+K prompt-tuning passes per step; K = 1-5, Table 6)",
                       "Prompt tuning + LDPS + projection onto the encoder's range (Chung et al. 2024)"),
     # classical baselines (no learned prior, no steps)
     "pseudo-inverse": MethodInfo("pseudo-inverse", PseudoInverse, ("pixel",), ("inpaint", "deblur", "superres", "hdr"),
