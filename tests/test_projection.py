@@ -91,3 +91,16 @@ def test_bad_configuration():
         DiffStateGrad(0.9, period=0)
     with pytest.raises(ValueError):
         DiffStateGrad(0.9, rank_mode="mean")
+
+
+def test_a_diverged_state_passes_its_gradient_through():
+    """A NaN state (a diverged image) has no subspace: its gradient is left as is, and the other
+    images of the batch are projected exactly as they would be alone (no SVD failure)."""
+    torch.manual_seed(0)
+    state, g = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    dsg = DiffStateGrad(0.9)
+    alone = dsg.at(state[1:])(g[1:])
+    state[0, 0, 3, 3] = float("nan")
+    out = dsg.at(state)(g)
+    assert torch.equal(out[0], g[0])
+    assert torch.allclose(out[1], alone[0], atol=1e-6)

@@ -83,11 +83,17 @@ class DiffStateGrad:
     def at(self, state: torch.Tensor) -> "StateProjector":
         """SVD of ``state`` ([B, C, H, W]) once; returns the projector it defines."""
         z = state.detach().to(torch.float32 if state.dtype in (torch.float16, torch.bfloat16) else state.dtype)
+        # a diverged image (NaN/inf state, e.g. a too large step size) has no subspace: its gradient
+        # passes through unprojected, and the others are projected as usual
+        bad = ~torch.isfinite(z.flatten(1)).all(1)
+        if bool(bad.any()):
+            z = torch.where(bad.reshape(-1, *([1] * (z.dim() - 1))), torch.zeros_like(z), z)
         u, s, vh = torch.linalg.svd(z, full_matrices=False)
         rank = paper_rank(s, self.var_cutoff) if self.rank_mode == "paper" else reference_rank(s, self.var_cutoff)
         k = torch.arange(s.shape[-1], device=s.device)
         keep = (k < rank[..., None].to(s.device)).to(z.dtype)  # [B, C, K]
-        return StateProjector(u * keep[..., None, :], vh * keep[..., :, None], rank, self.period)
+        return StateProjector(u * keep[..., None, :], vh * keep[..., :, None], rank, self.period,
+                              bad if bool(bad.any()) else None)
 
     def params(self) -> dict:
         return {"var_cutoff": self.var_cutoff, "period": self.period, "rank_mode": self.rank_mode}
@@ -96,13 +102,18 @@ class DiffStateGrad:
 class StateProjector:
     """``G -> U_r U_r^T G V_r V_r^T`` for one state; ``step % period != 0`` leaves ``G`` unchanged."""
 
-    def __init__(self, u_r: torch.Tensor, vh_r: torch.Tensor, rank: torch.Tensor, period: int):
+    def __init__(self, u_r: torch.Tensor, vh_r: torch.Tensor, rank: torch.Tensor, period: int,
+                 passthrough: torch.Tensor | None = None):
         self.u_r, self.vh_r, self.rank, self.period = u_r, vh_r, rank, int(period)
+        self.passthrough = passthrough  # [B] bool: images whose state was not finite
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
         u, vh = self.u_r.to(g.dtype), self.vh_r.to(g.dtype)
         inner = u.transpose(-2, -1) @ g @ vh.transpose(-2, -1)  # U_r^T G V_r   [.., K, K]
-        return u @ inner @ vh  # U_r (.) V_r^T
+        out = u @ inner @ vh  # U_r (.) V_r^T
+        if self.passthrough is not None:
+            out = torch.where(self.passthrough.to(g.device).reshape(-1, *([1] * (g.dim() - 1))), g, out)
+        return out
 
     def __call__(self, g: torch.Tensor, step: int = 0) -> torch.Tensor:
         if step % self.period != 0:
