@@ -47,8 +47,8 @@ def bars(data) -> list[str]:
     for m in diffusion:
         for dsg in (False, True):
             s = find(data, "inpaint", m, dsg, mask="box")
-            if s is None or ref is None:
-                lines.append(f"  - {m}{' + DSG' if dsg else ''}: not measured yet")
+            if s is None or ref is None or s["lpips"]["mean"] is None or ref["lpips"]["mean"] is None:
+                lines.append(f"  - {m}{' + DSG' if dsg else ''}: not measured yet (or LPIPS unavailable)")
                 continue
             ok = s["lpips"]["mean"] < ref["lpips"]["mean"]
             lines.append(f"  - {m}{' + DSG' if dsg else ''}: LPIPS {s['lpips']['mean']:.3f} vs "

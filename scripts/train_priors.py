@@ -247,8 +247,8 @@ def load_vae(use_ema=False):
 
 @torch.no_grad()
 def encode_split(vae, split, batch=500):
-    """Posterior means and standard deviations of a whole split (computed once, cached in training/)."""
-    cache = checkpoint_dir("latents") / f"{split}.pt"
+    """Posterior means and standard deviations of a whole split (cached in training/ per autoencoder step)."""
+    cache = checkpoint_dir("latents") / f"{split}-vae{load_ckpt('vae')[1]['step']}.pt"
     if cache.exists():
         return torch.load(cache, weights_only=True)
     x, y = load_split(split)
@@ -303,7 +303,7 @@ def run_latent(args):
 
 
 def export(args):
-    """Write the EMA weights as diffusers folders (safetensors) under src/restore_cli/weights/."""
+    """Write diffusers folders (safetensors) under src/restore_cli/weights/ (EMA or raw weights: --weights)."""
     from diffusers import DDPMScheduler
     from safetensors.torch import save_file
 
@@ -328,7 +328,7 @@ def export(args):
         state, meta = load_ckpt("latent")
         vae, vae_meta = load_vae()
         sf = latent_scaling_factor(vae)
-        model, emb = latent_unet(), ClassEmbedding(dim=64)
+        model = latent_unet()
         w = weights(state, meta)
         model.load_state_dict({k[5:]: v for k, v in w.items() if k.startswith("unet.")})
         table = w["emb.table"]

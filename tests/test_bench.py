@@ -167,7 +167,7 @@ def test_compare_and_tolerances():
     assert compare(res(20.0, 0.0, "failed"), res(20.0, 0.0), tol)[0]["now"] == "failed"
     assert compare({"cells": {}}, res(20.0, 0.0), tol)[0]["now"] == "missing"
     assert parse_tolerances(["1.5", "lpips=0.1"])["psnr"] == 1.5
-    for bad in (["x=1"], ["psnr=a"], ["psnr=-1"], ["abc"]):
+    for bad in (["x=1"], ["psnr=a"], ["psnr=-1"], ["abc"], ["-1"]):
         with pytest.raises(SuiteError):
             parse_tolerances(bad)
 
@@ -194,6 +194,9 @@ def test_cell_key_changes_with_every_setting():
     ("[images]\npaths=['.']\n[[grid]]\ntasks=['blur']\nmethods=['dps']\nmodels=['gaussian']", "unknown task"),
     ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['nope']", "unknown model"),
     ("[images]\npaths=['.']", "no [[grid]]"),
+    ("seeds=[]\n[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']", "no seeds"),
+    ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nset={nope=1}", "no method of the grid"),
+    ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nset={zeta='x'}", "not a valid float"),
     ("oops = 1\n", "unknown key"),
     ("[[grid", "not valid TOML"),
 ])

@@ -67,6 +67,8 @@ def test_latent_model_autoencoder_and_class_prompts(reg, images):
     assert enc.classes[7] == "sneaker"
     assert enc.index("a photo of an Ankle Boot") == enc.classes.index("ankle boot")
     assert enc.index("") is None
+    assert enc.index("a t-shirt") == enc.index("top") == enc.classes.index("t-shirt/top")
+    assert enc.index("a shirt") == enc.classes.index("shirt")
     e = enc(["sneaker", "", "bag"])
     assert torch.equal(e[0], enc.table[7]) and torch.equal(e[1], enc.null) and e.shape[0] == 3
     with pytest.raises(ValueError, match="names none of the model's classes"):

@@ -6,7 +6,7 @@ A suite is a TOML file::
     seeds = [0]                 # every image is restored once per seed
     noise_sigma = 0.05          # measurement noise ([0, 1] units), unless a grid says otherwise
     failure_psnr = 15.0         # an image under this PSNR counts as a failure (DiffStateGrad Fig. 3)
-    batch_size = 8              # images per solver batch (results never depend on it)
+    batch_size = 8              # images per solver batch (results depend on it only through CG stopping)
 
     [images]                    # Fashion-MNIST's test split (Debian's dataset-fashion-mnist) ...
     fashion_mnist = "test"
@@ -192,7 +192,7 @@ def load_results(path: Path) -> dict:
 def load_suite(path: Path) -> Suite:
     """Parse and check a suite file (names of tasks, methods, models and hyperparameters included)."""
     from .config import ConfigError, load_registry
-    from .registry import METHODS, TASKS
+    from .registry import METHODS, TASKS, UsageError, parse_set
 
     path = Path(path)
     data = _read(path, "suite file", tomllib.loads, tomllib.TOMLDecodeError, "TOML")
@@ -236,15 +236,23 @@ def load_suite(path: Path) -> Suite:
                 reg.get(name)
             except ConfigError as e:
                 raise SuiteError(str(e)) from None
+        every = set(g.get("set") or {}) | set(g.get("sweep") or {})
+        known = set().union(*(METHODS[m].cls.defaults for m in _as_list(g["methods"])))
+        if every - known:
+            raise SuiteError(f"grid {gi + 1}: no method of the grid has hyperparameter(s) {', '.join(sorted(every - known))}")
         sweep = g.get("sweep") or {}
         sweep_items = [[(k, v) for v in _as_list(vals)] for k, vals in sorted(sweep.items())]
         for t, m, model, dsg, guide, point in itertools.product(
                 tasks, _as_list(g["methods"]), _as_list(g["models"]), _as_list(g.get("diffstategrad", [False])),
                 _as_list(g.get("guidance", [1.0])), list(itertools.product(*sweep_items)) or [()]):
             defaults = METHODS[m].cls.defaults
-            hp = {k: v for k, v in {**(g.get("set") or {}), **dict(point)}.items() if k in defaults}
+            raw = {k: v for k, v in {**(g.get("set") or {}), **dict(point)}.items() if k in defaults}
             if point and any(k not in defaults for k, _ in point):
                 continue  # a sweep over a hyperparameter this method does not have
+            try:  # typed and checked as --set values are
+                hp = parse_set([f"{k}={v}" for k, v in raw.items()], METHODS[m])
+            except UsageError as e:
+                raise SuiteError(f"grid {gi + 1}: {e}") from None
             task_opts = {k: v for k, v in t.items() if k != "task"}
             cells.append(Cell(t["task"], task_opts, m, model, bool(dsg), hp, float(guide),
                               int(g["steps"]) if "steps" in g else None, float(g.get("noise_sigma", noise)),
@@ -255,14 +263,27 @@ def load_suite(path: Path) -> Suite:
             seen.add(c.key)
             unique.append(c)
     spec = data.get("images") or {}
-    return Suite(name=str(data.get("name", path.stem)), path=path, images=_load_images(spec, path.parent),
-                 seeds=[int(s) for s in _as_list(data.get("seeds", [0]))],
+    images = _load_images(spec, path.parent)
+    seeds = [int(s) for s in _as_list(data.get("seeds", [0]))]
+    if not images or not seeds or not unique:
+        raise SuiteError(f"{path}: the suite has no " + ("images" if not images else "seeds" if not seeds else "cells"))
+    return Suite(name=str(data.get("name", path.stem)), path=path, images=images, seeds=seeds,
                  failure_psnr=float(data.get("failure_psnr", 15.0)), batch_size=int(data.get("batch_size", 8)),
                  cells=unique, lpips_net=str(data.get("lpips_net", "alex")),
                  description=str(data.get("description", "")), image_source=dict(spec), models_file=models_file)
 
 
 # -- running ----------------------------------------------------------------------------------
+
+def suite_context(suite: Suite) -> str:
+    """A hash of what every cell's numbers depend on besides the cell itself: the images (ids and
+    pixels), the seeds, the failure threshold and the LPIPS network."""
+    h = hashlib.sha1(json.dumps([suite.seeds, suite.failure_psnr, suite.lpips_net]).encode())
+    for name, img in suite.images:
+        h.update(name.encode())
+        h.update(img.float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
 
 class _Models:
     """Loads each model once per suite run (on the suite's device)."""
@@ -292,7 +313,7 @@ def model_fingerprint(spec) -> str:
         from importlib import resources
 
         fit = resources.files("restore_cli").joinpath("data/gaussian_prior.json").read_bytes()
-        return f"analytic:{spec.fit or 'photos'}:{hashlib.sha1(fit).hexdigest()[:12]}"
+        return f"analytic:{spec.fitted_to or 'photos'}:{hashlib.sha1(fit).hexdigest()[:12]}"
     h = hashlib.sha1()
     root = Path(spec.path)
     for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".txt")):
@@ -407,23 +428,25 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     output.mkdir(parents=True, exist_ok=True)
     res_path = output / "results.json"
     previous = {}
-    if res_path.exists() and not rerun:
+    if res_path.exists():
         try:
             previous = json.loads(res_path.read_text()).get("cells", {})
         except (json.JSONDecodeError, OSError):
             previous = {}
+    context = suite_context(suite)
     models = _Models(device, suite.models_file)
     ok, where = lpips_status(suite.lpips_net)
     lp = LPIPS(suite.lpips_net).to(device) if ok else None
     data = {
         "schema_version": RESULTS_SCHEMA,
-        "suite": {"name": suite.name, "file": str(suite.path), "description": suite.description,
+        "suite": {"name": suite.name, "file": str(suite.path), "description": suite.description, "context": None,
                   "images": suite.image_source, "n_images": len(suite.images), "seeds": suite.seeds,
                   "failure_psnr": suite.failure_psnr},
         "started": datetime.now(timezone.utc).isoformat(), "finished": None,
         "device": str(device), "lpips": {"net": suite.lpips_net, "available": ok, "source": where},
         "environment": environment(), "models": {}, "cells": {},
     }
+    data["suite"]["context"] = context
 
     def flush():
         write_json_atomic(res_path, data)
@@ -434,15 +457,16 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         if cell.model not in prints:
             prints[cell.model] = model_fingerprint(models.spec(cell.model))
     # earlier results of this suite's cells (in the suite's order), if made with the same weights
-    previous = {k: c for k, c in previous.items() if c.get("model_fingerprint") == prints.get(c["config"]["model"])}
+    previous = {k: c for k, c in previous.items()
+                if c.get("model_fingerprint") == prints.get(c["config"]["model"]) and c.get("context") == context}
     for cell in suite.cells:
         if cell.key in previous:
             data["cells"][cell.key] = previous[cell.key]
     for n, cell in enumerate(suite.cells):
         if only and not any(o in cell.label for o in only):
             continue
-        prev = previous.get(cell.key)
-        entry = {"config": asdict(cell), "label": cell.label, "model_fingerprint": prints[cell.model]}
+        prev = None if rerun else previous.get(cell.key)  # --rerun redoes the selected cells only
+        entry = {"config": asdict(cell), "label": cell.label, "model_fingerprint": prints[cell.model], "context": context}
         if prev and prev.get("status") in ("ok", "skipped"):
             data["cells"][cell.key] = prev
             emit("cell", {"n": n, "total": len(suite.cells), "label": cell.label, "status": "done before"})
@@ -479,6 +503,10 @@ def _fmt(s: dict | None, d: int) -> str:
     return f"{s['mean']:.{d}f} ({s['std']:.{d}f})"
 
 
+def _fmt1(s: dict | None) -> str:
+    return "-" if not s or s.get("mean") is None else f"{s['mean']:.2f}"
+
+
 def markdown_table(data: dict) -> str:
     suite = data["suite"]
     lines = [f"# {suite['name']}", ""]
@@ -502,26 +530,20 @@ def markdown_table(data: dict) -> str:
         s = c["summary"]
         mem = "-" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
         lines.append(f"{head} {_fmt(s['psnr'], 2)} | {_fmt(s['ssim'], 3)} | {_fmt(s['lpips'], 3)} | "
-                     f"{100 * s['failure_rate']:.0f}% | {s['nfe']} | {s['seconds']['mean']:.2f} | {mem} |")
+                     f"{100 * s['failure_rate']:.0f}% | {s['nfe']} | {_fmt1(s['seconds'])} | {mem} |")
     return "\n".join(lines) + "\n"
 
 
 def parse_tolerances(items: list[str]) -> dict[str, float]:
     tol = dict(DEFAULT_TOLERANCES)
     for item in items:
-        if "=" not in item:
-            try:
-                tol["psnr"] = float(item)
-            except ValueError:
-                raise SuiteError(f"--tolerance expects METRIC=VALUE or a PSNR in dB, got {item!r}") from None
-            continue
-        k, v = item.split("=", 1)
+        k, v = item.split("=", 1) if "=" in item else ("psnr", item)
         if k not in DEFAULT_TOLERANCES:
             raise SuiteError(f"--tolerance: unknown metric {k!r}; known: {', '.join(DEFAULT_TOLERANCES)}")
         try:
             tol[k] = float(v)
         except ValueError:
-            raise SuiteError(f"--tolerance {k}: {v!r} is not a number") from None
+            raise SuiteError(f"--tolerance expects METRIC=VALUE or a PSNR in dB, got {item!r}") from None
         if tol[k] < 0:
             raise SuiteError(f"--tolerance {k}: must be >= 0")
     return tol
@@ -530,6 +552,9 @@ def parse_tolerances(items: list[str]) -> dict[str, float]:
 def compare(current: dict, baseline: dict, tol: dict[str, float]) -> list[dict]:
     """Regressions of ``current`` against ``baseline`` (cells matched by key)."""
     worse = []
+    ctx_now, ctx_base = current.get("suite", {}).get("context"), baseline.get("suite", {}).get("context")
+    if ctx_now and ctx_base and ctx_now != ctx_base:
+        worse.append({"cell": "(suite)", "metric": "images/seeds", "baseline": ctx_base, "now": ctx_now, "limit": "same"})
     for key, base in baseline.get("cells", {}).items():
         if base.get("status") != "ok":
             continue

@@ -36,7 +36,7 @@ class ModelSpec:
     description: str = ""
     licence: str = ""
     path: str | None = None  # bundled / local models: a directory
-    fit: str | None = None  # analytic models: the data the Gaussian prior was fitted to (photos, fashion-mnist)
+    fitted_to: str | None = None  # analytic models: the data the Gaussian prior was fitted to (photos, fashion-mnist)
 
     def record(self) -> dict:
         """What a run records about its model."""

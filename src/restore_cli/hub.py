@@ -101,7 +101,7 @@ def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_
     from .priors import DiffusionPrior, GaussianPrior, LatentDiffusionPrior
 
     if spec.source == "analytic":
-        return GaussianPrior.fitted(spec.channels, fit=spec.fit or "photos").to(device)
+        return GaussianPrior.fitted(spec.channels, fit=spec.fitted_to or "photos").to(device)
     if spec.source == "hub":
         root = download(spec, token=token, tqdm_class=tqdm_class) if allow_download else cached_path(spec)
         if root is None:
@@ -118,8 +118,8 @@ def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_
         if prior.conditional:  # re-encode the prompt on the device
             prior.set_prompt(prior.prompt)
         prior.low_memory(low_memory)
-        if spec.resolution:  # the native size images are adapted to (--fit); latents follow the image
-            prior.sample_size = spec.resolution
+        if spec.resolution and spec.source == "bundled":  # trained at one size only: adapt images to it (--fit);
+            prior.sample_size = spec.resolution  # Hub latent models (SD, LDM) take any size, latents follow the image
         return _record_revision(prior, spec, root)
     unet_sub = spec.components.get("unet") or None
     sched_sub = spec.components.get("scheduler") or None

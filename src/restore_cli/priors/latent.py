@@ -195,8 +195,10 @@ class ClassPromptEncoder(torch.nn.Module):
     """Prompt embeddings of a class-conditioned model: a learned token sequence per class name
     and a null sequence (the bundled Fashion-MNIST latent model; ``scripts/train_priors.py``).
 
-    A prompt selects the class whose name it contains (case-insensitive, the longest name
-    wins: "a photo of an ankle boot" -> "ankle boot"); the empty prompt is the null embedding
+    A prompt selects the class whose name it contains as whole words (case-insensitive; a name
+    with "/" has aliases, "t-shirt/top" answers to "t-shirt" and "top"; plurals count; the longest match wins:
+    "a photo of an ankle boot" -> "ankle boot", "a t-shirt" -> "t-shirt/top", not "shirt"); the
+    empty prompt is the null embedding
     (unconditional).  Any other prompt is an error that lists the class names.  The result is
     shaped like a text encoder's ``[B, tokens, dim]``, so classifier-free guidance and P2L's
     prompt tuning act on it as on CLIP embeddings.
@@ -221,13 +223,19 @@ class ClassPromptEncoder(torch.nn.Module):
         return cls(t["embeddings"], t["null"], classes)
 
     def index(self, prompt: str) -> int | None:
+        import re
+
         text = prompt.strip().lower()
         if not text:
             return None
-        hits = [i for i, c in enumerate(self.classes) if c.lower() in text]
+        hits = []  # (length of the matched alias, class index)
+        for i, c in enumerate(self.classes):
+            for alias in c.lower().split("/"):
+                if re.search(rf"(?<![\w-]){re.escape(alias.strip())}(?:e?s)?(?![\w-])", text):
+                    hits.append((len(alias), i))
         if not hits:
             raise ValueError(f"prompt {prompt!r} names none of the model's classes: {', '.join(self.classes)}")
-        return max(hits, key=lambda i: len(self.classes[i]))
+        return max(hits)[1]
 
     def forward(self, prompts: list[str]) -> torch.Tensor:
         rows = [self.null if (i := self.index(p)) is None else self.table[i] for p in prompts]
