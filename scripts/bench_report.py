@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from restore_cli.bench import markdown_table  # noqa: E402
+from restore_cli.bench_results import markdown_table  # noqa: E402
 
 
 def cells(data):

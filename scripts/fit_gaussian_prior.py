@@ -41,11 +41,9 @@ def power_law(spectra, bins):
 
 
 def fashion_mnist():
-    import gzip
+    from restore_cli.bench import load_fashion_mnist
 
-    with gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28).astype(np.float64) / 127.5 - 1
-    x = np.pad(x, ((0, 0), (2, 2), (2, 2)), constant_values=-1.0)
+    x = load_fashion_mnist("train")[0][:, 0].double().numpy() * 2 - 1  # [-1, 1], padded with the background
     f = np.sqrt(np.fft.fftfreq(32)[:, None] ** 2 + np.fft.fftfreq(32)[None, :] ** 2)
     bins = np.linspace(0, 0.5, 9)
     p = (np.abs(np.fft.fft2(x - x.mean())) ** 2 / 32**2).mean(0)  # stationary fit around the global mean

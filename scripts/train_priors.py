@@ -24,7 +24,6 @@ command continues from it.  Time per step is printed, so the budget can be plann
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
@@ -34,18 +33,15 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
 
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as ``[N, 1, 32, 32]`` in ``[-1, 1]`` and labels; ``split`` is 'train' or 't10k'."""
-    with gzip.open(DATA / f"{split}-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    with gzip.open(DATA / f"{split}-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8)
-    x = torch.from_numpy(x.astype(np.float32) / 127.5 - 1)
-    return F.pad(x, (2, 2, 2, 2), value=-1.0), torch.from_numpy(y.astype(np.int64))
+    """Images as ``[N, 1, 32, 32]`` in ``[-1, 1]`` (the model space) and labels; ``split`` is 'train' or 't10k'."""
+    from restore_cli.bench import load_fashion_mnist
+
+    x, y = load_fashion_mnist({"t10k": "test"}.get(split, split))
+    return x * 2 - 1, y
 
 
 def pixel_unet():

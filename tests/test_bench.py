@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from restore_cli.bench import Cell, SuiteError, compare, load_suite, parse_tolerances, summarize_cell
+from restore_cli.bench import Cell, SuiteError, load_suite, summarize_cell
+from restore_cli.bench_results import compare, parse_tolerances
 from restore_cli.cli import app
 from tests.conftest import tiny_unet
 

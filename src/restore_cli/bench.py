@@ -31,7 +31,8 @@ so an interrupted suite resumes.  Randomness is per image and seed (``rng.make_g
 so a result depends on neither the batch nor the order of the cells.
 
 ``--baseline OLD.json`` compares every cell with the same key and exits 1 listing what
-regressed beyond the tolerances (PSNR and SSIM lower, LPIPS and failure rate higher).
+regressed beyond the tolerances (PSNR and SSIM lower, LPIPS and failure rate higher); the table
+and the comparison are in ``bench_results.py``.
 """
 
 from __future__ import annotations
@@ -45,12 +46,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from .io import fit_to, list_images, read_image, write_json_atomic
-from .report import environment
+from .io import fit_to, list_images, read_image, to_channels, write_json_atomic
+from .report import environment, mean_std
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,7 +60,6 @@ else:  # pragma: no cover
 
 RESULTS_SCHEMA = 1
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_TOLERANCES = {"psnr": 0.5, "ssim": 0.02, "lpips": 0.02, "failure_rate": 0.10}
 TASK_KEYS = {"task", "mask", "kernel", "kernel_size", "border", "scale", "filter", "oversample", "hdr_scale",
              "box_placement", "missing", "kernel_sigma", "motion_intensity"}
 
@@ -179,14 +179,6 @@ def _read(path: Path, what: str, parse, error, fmt: str):
         return parse(path.read_text())
     except error as e:
         raise SuiteError(f"{path}: not valid {fmt}: {e}") from None
-
-
-def load_results(path: Path) -> dict:
-    """A results.json written by :func:`run_suite` (a baseline)."""
-    data = _read(path, "baseline", json.loads, json.JSONDecodeError, "JSON")
-    if not isinstance(data, dict) or "cells" not in data:
-        raise SuiteError(f"{path}: not a restore bench results.json (no 'cells')")
-    return data
 
 
 def load_suite(path: Path) -> Suite:
@@ -359,7 +351,7 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
         for start in range(0, len(suite.images), suite.batch_size):
             chunk = list(enumerate(suite.images))[start:start + suite.batch_size]
             ids = [i for i, _ in chunk]
-            x = torch.stack([_channels(fit_to(img, hw, "resize")[0], prior.channels) for _, (_, img) in chunk])
+            x = torch.stack([to_channels(fit_to(img, hw, "resize")[0], prior.channels) for _, (_, img) in chunk])
             x = x.to(models.device)
             gens = [make_generators(seed, 1, offset=i)[0] for i in ids]
             op = build_operator(cell.task, cell.task_opts, tuple(x.shape[1:]), gens, cell.noise_sigma).to(models.device)
@@ -388,24 +380,8 @@ def _finite(v: torch.Tensor) -> list:
     return [x if math.isfinite(x) else None for x in v.double().tolist()]
 
 
-def _channels(img: torch.Tensor, c: int) -> torch.Tensor:
-    if img.shape[0] == c:
-        return img
-    if c == 1:
-        return (0.299 * img[0:1] + 0.587 * img[1:2] + 0.114 * img[2:3]) if img.shape[0] == 3 else img[:1]
-    return img.expand(c, -1, -1)
-
-
-def _mean_std(vals: list[float]) -> dict:
-    vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    m = sum(vals) / len(vals)
-    return {"mean": m, "std": math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals)), "n": len(vals)}
-
-
 def summarize_cell(records: list[dict], failure_psnr: float) -> dict:
-    out = {k: _mean_std([r[k] for r in records]) for k in ("psnr", "ssim", "lpips", "residual", "seconds")}
+    out = {k: mean_std([r[k] for r in records]) for k in ("psnr", "ssim", "lpips", "residual", "seconds")}
     out["failure_rate"] = sum(r["psnr"] is None or r["psnr"] < failure_psnr for r in records) / max(len(records), 1)
     out["nfe"] = records[0]["nfe"] if records else None
     out["n_backward"] = records[0]["n_backward"] if records else None
@@ -447,6 +423,8 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         "environment": environment(), "models": {}, "cells": {},
     }
     data["suite"]["context"] = context
+
+    from .bench_results import markdown_table
 
     def flush():
         write_json_atomic(res_path, data)
@@ -495,89 +473,4 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     return data
 
 
-# -- reporting and comparing ----------------------------------------------------------------
-
-def _fmt(s: dict | None, d: int) -> str:
-    if not s or s.get("mean") is None:
-        return "-"
-    return f"{s['mean']:.{d}f} ({s['std']:.{d}f})"
-
-
-def _fmt1(s: dict | None) -> str:
-    return "-" if not s or s.get("mean") is None else f"{s['mean']:.2f}"
-
-
-def markdown_table(data: dict) -> str:
-    suite = data["suite"]
-    lines = [f"# {suite['name']}", ""]
-    if suite.get("description"):
-        lines += [suite["description"], ""]
-    lines += [f"{suite['n_images']} images x {len(suite['seeds'])} seed(s); mean (std) per image; failure = PSNR < "
-              f"{suite['failure_psnr']:g} dB; device {data['device']}; LPIPS {data['lpips']['net']}"
-              + ("" if data["lpips"]["available"] else " (unavailable)") + ".", "",
-              "| task | method | DSG | model | setting | PSNR | SSIM | LPIPS | fail | NFE | s/img | peak MB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for key, c in data["cells"].items():
-        cfg = c["config"]
-        task = cfg["task"] + ("" if not cfg["task_opts"] else " " + ",".join(str(v) for v in cfg["task_opts"].values()))
-        setting = ", ".join([f"{k}={v}" for k, v in sorted(cfg["hparams"].items())]
-                            + ([f"guidance x{cfg['guidance']:g}"] if cfg["guidance"] != 1.0 else [])
-                            + ([f"steps={cfg['steps']}"] if cfg.get("steps") else [])) or "default"
-        head = f"| {task} | {cfg['method']} | {'yes' if cfg['diffstategrad'] else 'no'} | {cfg['model']} | {setting} |"
-        if c["status"] != "ok":
-            lines.append(f"{head} {c['status']}: {c.get('reason') or c.get('error')} | | | | | | |")
-            continue
-        s = c["summary"]
-        mem = "-" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
-        lines.append(f"{head} {_fmt(s['psnr'], 2)} | {_fmt(s['ssim'], 3)} | {_fmt(s['lpips'], 3)} | "
-                     f"{100 * s['failure_rate']:.0f}% | {s['nfe']} | {_fmt1(s['seconds'])} | {mem} |")
-    return "\n".join(lines) + "\n"
-
-
-def parse_tolerances(items: list[str]) -> dict[str, float]:
-    tol = dict(DEFAULT_TOLERANCES)
-    for item in items:
-        k, v = item.split("=", 1) if "=" in item else ("psnr", item)
-        if k not in DEFAULT_TOLERANCES:
-            raise SuiteError(f"--tolerance: unknown metric {k!r}; known: {', '.join(DEFAULT_TOLERANCES)}")
-        try:
-            tol[k] = float(v)
-        except ValueError:
-            raise SuiteError(f"--tolerance expects METRIC=VALUE or a PSNR in dB, got {item!r}") from None
-        if tol[k] < 0:
-            raise SuiteError(f"--tolerance {k}: must be >= 0")
-    return tol
-
-
-def compare(current: dict, baseline: dict, tol: dict[str, float]) -> list[dict]:
-    """Regressions of ``current`` against ``baseline`` (cells matched by key)."""
-    worse = []
-    ctx_now, ctx_base = current.get("suite", {}).get("context"), baseline.get("suite", {}).get("context")
-    if ctx_now and ctx_base and ctx_now != ctx_base:
-        worse.append({"cell": "(suite)", "metric": "images/seeds", "baseline": ctx_base, "now": ctx_now, "limit": "same"})
-    for key, base in baseline.get("cells", {}).items():
-        if base.get("status") != "ok":
-            continue
-        cur = current["cells"].get(key)
-        label = base.get("label", key)
-        if cur is None:
-            worse.append({"cell": label, "metric": "-", "baseline": "ok", "now": "missing", "limit": "-"})
-            continue
-        if cur.get("status") != "ok":
-            worse.append({"cell": label, "metric": "status", "baseline": "ok", "now": cur.get("status"), "limit": "-"})
-            continue
-        bs, cs = base["summary"], cur["summary"]
-        for metric, sign in (("psnr", -1), ("ssim", -1), ("lpips", +1)):
-            b, c = (bs.get(metric) or {}).get("mean"), (cs.get(metric) or {}).get("mean")
-            if b is None or c is None:
-                continue
-            if sign * (c - b) > tol[metric]:
-                worse.append({"cell": label, "metric": metric, "baseline": b, "now": c, "limit": tol[metric]})
-        if cs["failure_rate"] - bs["failure_rate"] > tol["failure_rate"] + 1e-12:
-            worse.append({"cell": label, "metric": "failure_rate", "baseline": bs["failure_rate"],
-                          "now": cs["failure_rate"], "limit": tol["failure_rate"]})
-    return worse
-
-
-__all__ = ["Suite", "Cell", "SuiteError", "load_suite", "load_results", "run_suite", "compare", "parse_tolerances", "markdown_table",
-           "load_fashion_mnist"]
+__all__ = ["Suite", "Cell", "SuiteError", "load_suite", "run_suite", "summarize_cell", "load_fashion_mnist"]

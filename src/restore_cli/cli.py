@@ -307,7 +307,8 @@ def bench_cmd(
     """
     from rich.markup import escape
 
-    from .bench import SuiteError, compare, load_results, load_suite, parse_tolerances, run_suite
+    from .bench import SuiteError, load_suite, run_suite
+    from .bench_results import compare, load_results, parse_tolerances
     from .registry import UsageError, resolve_device
 
     _quiet_libraries()

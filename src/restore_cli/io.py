@@ -46,11 +46,16 @@ def read_image(path: Path, channels: int | None = None) -> torch.Tensor:
             arr = _to_array(im)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ImageReadError(f"cannot read {path}: {e}") from e
-    if channels == 1 and arr.shape[0] == 3:
-        arr = (0.299 * arr[0] + 0.587 * arr[1] + 0.114 * arr[2])[None]
-    elif channels == 3 and arr.shape[0] == 1:
-        arr = np.repeat(arr, 3, 0)
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return to_channels(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), channels)
+
+
+def to_channels(img: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """``[C, H, W]`` to grey (1: ITU-R 601 luma of RGB) or RGB (3: grey repeated); else unchanged."""
+    if channels == 1 and img.shape[0] == 3:
+        return 0.299 * img[0:1] + 0.587 * img[1:2] + 0.114 * img[2:3]
+    if channels == 3 and img.shape[0] == 1:
+        return img.repeat(3, 1, 1)
+    return img
 
 
 def _to_array(im) -> np.ndarray:

@@ -40,15 +40,18 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
+def mean_std(vals: list) -> dict:
+    """Mean and population std of the finite numbers among ``vals`` (None where there are none)."""
+    vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    m = sum(vals) / len(vals)
+    return {"mean": m, "std": math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals)), "n": len(vals)}
+
+
 def summarize(records: list[dict]) -> dict:
     out = {}
     for k in METRIC_KEYS:
-        vals = [r[k] for r in records if r.get("status") in ("ok", "skipped") and isinstance(r.get(k), (int, float))]
-        if vals:
-            m = sum(vals) / len(vals)
-            sd = math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
-            out[k] = {"mean": m, "std": sd, "n": len(vals)}
-        else:
-            out[k] = {"mean": None, "std": None, "n": 0}
+        out[k] = mean_std([r.get(k) for r in records if r.get("status") in ("ok", "skipped")])
     out["images"] = {s: sum(r.get("status") == s for r in records) for s in ("ok", "failed", "skipped")}
     return out

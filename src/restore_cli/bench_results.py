@@ -1,0 +1,105 @@
+"""Reading a `restore bench` results.json: the Markdown table, and the comparison with a baseline.
+
+``compare`` matches cells by key and lists what regressed beyond the tolerances: PSNR and
+SSIM lower, LPIPS and the failure rate higher, a cell no longer ok or missing, or a suite run
+on other images or seeds (its context hash).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .bench import SuiteError, _read
+
+DEFAULT_TOLERANCES = {"psnr": 0.5, "ssim": 0.02, "lpips": 0.02, "failure_rate": 0.10}
+
+
+def load_results(path: Path) -> dict:
+    """A results.json written by :func:`restore_cli.bench.run_suite` (a baseline)."""
+    data = _read(path, "baseline", json.loads, json.JSONDecodeError, "JSON")
+    if not isinstance(data, dict) or "cells" not in data:
+        raise SuiteError(f"{path}: not a restore bench results.json (no 'cells')")
+    return data
+
+
+def _fmt(s: dict | None, d: int) -> str:
+    if not s or s.get("mean") is None:
+        return "-"
+    return f"{s['mean']:.{d}f} ({s['std']:.{d}f})"
+
+
+def _fmt1(s: dict | None) -> str:
+    return "-" if not s or s.get("mean") is None else f"{s['mean']:.2f}"
+
+
+def markdown_table(data: dict) -> str:
+    suite = data["suite"]
+    lines = [f"# {suite['name']}", ""]
+    if suite.get("description"):
+        lines += [suite["description"], ""]
+    lines += [f"{suite['n_images']} images x {len(suite['seeds'])} seed(s); mean (std) per image; failure = PSNR < "
+              f"{suite['failure_psnr']:g} dB; device {data['device']}; LPIPS {data['lpips']['net']}"
+              + ("" if data["lpips"]["available"] else " (unavailable)") + ".", "",
+              "| task | method | DSG | model | setting | PSNR | SSIM | LPIPS | fail | NFE | s/img | peak MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, c in data["cells"].items():
+        cfg = c["config"]
+        task = cfg["task"] + ("" if not cfg["task_opts"] else " " + ",".join(str(v) for v in cfg["task_opts"].values()))
+        setting = ", ".join([f"{k}={v}" for k, v in sorted(cfg["hparams"].items())]
+                            + ([f"guidance x{cfg['guidance']:g}"] if cfg["guidance"] != 1.0 else [])
+                            + ([f"steps={cfg['steps']}"] if cfg.get("steps") else [])) or "default"
+        head = f"| {task} | {cfg['method']} | {'yes' if cfg['diffstategrad'] else 'no'} | {cfg['model']} | {setting} |"
+        if c["status"] != "ok":
+            lines.append(f"{head} {c['status']}: {c.get('reason') or c.get('error')} | | | | | | |")
+            continue
+        s = c["summary"]
+        mem = "-" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
+        lines.append(f"{head} {_fmt(s['psnr'], 2)} | {_fmt(s['ssim'], 3)} | {_fmt(s['lpips'], 3)} | "
+                     f"{100 * s['failure_rate']:.0f}% | {s['nfe']} | {_fmt1(s['seconds'])} | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_tolerances(items: list[str]) -> dict[str, float]:
+    tol = dict(DEFAULT_TOLERANCES)
+    for item in items:
+        k, v = item.split("=", 1) if "=" in item else ("psnr", item)
+        if k not in DEFAULT_TOLERANCES:
+            raise SuiteError(f"--tolerance: unknown metric {k!r}; known: {', '.join(DEFAULT_TOLERANCES)}")
+        try:
+            tol[k] = float(v)
+        except ValueError:
+            raise SuiteError(f"--tolerance expects METRIC=VALUE or a PSNR in dB, got {item!r}") from None
+        if tol[k] < 0:
+            raise SuiteError(f"--tolerance {k}: must be >= 0")
+    return tol
+
+
+def compare(current: dict, baseline: dict, tol: dict[str, float]) -> list[dict]:
+    """Regressions of ``current`` against ``baseline`` (cells matched by key)."""
+    worse = []
+    ctx_now, ctx_base = current.get("suite", {}).get("context"), baseline.get("suite", {}).get("context")
+    if ctx_now and ctx_base and ctx_now != ctx_base:
+        worse.append({"cell": "(suite)", "metric": "images/seeds", "baseline": ctx_base, "now": ctx_now, "limit": "same"})
+    for key, base in baseline.get("cells", {}).items():
+        if base.get("status") != "ok":
+            continue
+        cur = current["cells"].get(key)
+        label = base.get("label", key)
+        if cur is None:
+            worse.append({"cell": label, "metric": "-", "baseline": "ok", "now": "missing", "limit": "-"})
+            continue
+        if cur.get("status") != "ok":
+            worse.append({"cell": label, "metric": "status", "baseline": "ok", "now": cur.get("status"), "limit": "-"})
+            continue
+        bs, cs = base["summary"], cur["summary"]
+        for metric, sign in (("psnr", -1), ("ssim", -1), ("lpips", +1)):
+            b, c = (bs.get(metric) or {}).get("mean"), (cs.get(metric) or {}).get("mean")
+            if b is None or c is None:
+                continue
+            if sign * (c - b) > tol[metric]:
+                worse.append({"cell": label, "metric": metric, "baseline": b, "now": c, "limit": tol[metric]})
+        if cs["failure_rate"] - bs["failure_rate"] > tol["failure_rate"] + 1e-12:
+            worse.append({"cell": label, "metric": "failure_rate", "baseline": bs["failure_rate"],
+                          "now": cs["failure_rate"], "limit": tol["failure_rate"]})
+    return worse
