@@ -23,13 +23,11 @@ from . import __version__
 from .config import ConfigError, ModelSpec, load_registry
 from .hub import ModelUnavailable, load_prior
 from .io import FITS, ImageReadError, fit_to, list_images, read_image, side_by_side, unfit, write_json_atomic, write_png
-from .profiling import measure
-from .metrics import LPIPS, lpips_status, measurement_residual, psnr, ssim
-from .registry import (METHODS, TASKS, MethodInfo, UsageError, build_operator, check_method, parse_set, resolve_device,
-                       resolve_dtype)
+from .batch import score, solve_batch
+from .metrics import LPIPS, lpips_status, measurement_residual
+from .registry import METHODS, TASKS, MethodInfo, UsageError, check_method, parse_set, resolve_device, resolve_dtype
 from .report import SCHEMA_VERSION, environment, summarize
-from .rng import make_generators
-from .solvers import DiffStateGrad, StepInfo, run_with_restarts
+from .solvers import DiffStateGrad, StepInfo
 
 
 
@@ -308,39 +306,23 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
     idx = [i for i, _ in batch]
     prepared = [_measurement_inputs(plan, img, native_hw) for _, img in batch]
     shape = prepared[0][2]
-    gens = [make_generators(cfg.seed, 1, offset=i)[0] for i in idx]  # image i of the run: its own stream
     x = torch.stack([p[0] for p in prepared]).to(plan.device)
-    op = build_operator(cfg.task, cfg.task_opts, shape, gens, cfg.noise_sigma).to(plan.device)
-    if cfg.measured:
-        y = x * op.mask if cfg.task == "inpaint" else x
-        ref = None
-    else:
-        ref = x
-        y = op(x, gens)
-    solver = plan.method.cls(prior, op, plan.dsg, **plan.hparams)
 
     def on_step(info: StepInfo):
         emit("step", {"step": info.step, "total": info.total, "images": [stems[i] for i in idx]})
 
     emit("batch", {"images": [stems[i] for i in idx]})
-    with measure(plan.device) as usage:
-        res = run_with_restarts(solver, y, gens, plan.restarts, cfg.restart_rule, ref, on_step)
+    sb = solve_batch(x, idx, task=cfg.task, task_opts=cfg.task_opts, noise_sigma=cfg.noise_sigma, seed=cfg.seed,
+                     method_cls=plan.method.cls, prior=prior, dsg=plan.dsg, hparams=plan.hparams,
+                     restarts=plan.restarts, rule=cfg.restart_rule, measured=cfg.measured, shape=shape,
+                     on_step=on_step)
+    op, y, res, usage = sb.op, sb.y, sb.result, sb.usage
+    ref = None if cfg.measured else x
     seconds = (time.time() - t0) / len(batch)
-    hp = solver.params()
+    hp = sb.solver.params()
     out_imgs = res.images.float().cpu()
     resid = measurement_residual(op, res.images, y)
-    metrics: dict = {}
-    metric_errors: list[str] = []
-    if ref is not None:
-        fns = {"psnr": lambda: psnr(res.images, ref), "ssim": lambda: ssim(res.images, ref)}
-        if lp is not None:
-            fns["lpips"] = lambda: lp(res.images.float(), ref.float()).double()
-        for name, fn in fns.items():
-            try:  # a metric that fails never loses the restored image
-                with torch.no_grad():
-                    metrics[name] = fn().tolist()
-            except Exception as e:  # noqa: BLE001
-                metric_errors.append(f"{name}: {_error_line(e)}")
+    metrics, metric_errors = score(res.images, ref, lp) if ref is not None else ({}, [])
     vis = op.visualize(y).float().cpu()
     for k, (i, img) in enumerate(batch):
         how = prepared[k][1]
