@@ -264,3 +264,18 @@ def test_registry_pins_hub_revisions():
         assert re.fullmatch(r"[0-9a-f]{40}", reg.models[name].revision), name
     assert reg.models["ldm-celebahq-256"].latent_scaling_factor == 1.0  # diffusers issue 6725
     assert reg.defaults["offline"] == "fmnist-ddpm-32" and reg.defaults["analytic"] == "gaussian" and reg.models["sd-v1-5"].default_prompt
+
+
+def test_a_diverged_image_fails_with_its_reason(tiny_model, photos, tmp_path):
+    """DAPS at a Langevin step far past its stability limit gives non-finite images: each is
+    recorded as failed with the reason (metrics null, valid JSON), no black PNG is written, and
+    the exit code is 1."""
+    out = tmp_path / "out"
+    r = run("inpaint", photos, "--model", tiny_model, "--method", "daps", *FAST["daps"], "--set", "lr=1e6",
+            "--fit", "resize", "-o", out)
+    assert r.exit_code == 1, r.output
+    m = metrics(out)  # parses with the standard json module and validates against the schema
+    assert len(m["images"]) == 2
+    for rec in m["images"]:
+        assert rec["status"] == "failed" and "diverged" in rec["error"] and rec["psnr"] is None
+        assert not Path(rec["output"]).exists() and Path(rec["measurement"]).exists()

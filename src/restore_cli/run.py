@@ -23,7 +23,7 @@ from . import __version__
 from .config import ConfigError, ModelSpec, load_registry
 from .hub import ModelUnavailable, load_prior
 from .io import FITS, ImageReadError, fit_to, list_images, read_image, side_by_side, unfit, write_json_atomic, write_png
-from .batch import score, solve_batch
+from .batch import finite, score, solve_batch
 from .metrics import LPIPS, lpips_status, measurement_residual
 from .registry import METHODS, TASKS, MethodInfo, UsageError, check_method, parse_set, resolve_device, resolve_dtype
 from .report import SCHEMA_VERSION, environment, summarize
@@ -321,7 +321,7 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
     seconds = (time.time() - t0) / len(batch)
     hp = sb.solver.params()
     out_imgs = res.images.float().cpu()
-    resid = measurement_residual(op, res.images, y)
+    resid = finite(measurement_residual(op, res.images, y))
     metrics, metric_errors = score(res.images, ref, lp) if ref is not None else ({}, [])
     vis = op.visualize(y).float().cpu()
     for k, (i, img) in enumerate(batch):
@@ -329,17 +329,23 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
         restored = unfit(out_imgs[k], how)
         stem = stems[i]
         write_png(out / f"{stem}.measurement.png", vis[k])
-        if cfg.compare:
+        # a diverged image (NaN/inf) is a failure with its reason, not a black PNG; a rerun retries it
+        diverged = not bool(torch.isfinite(out_imgs[k]).all())
+        if cfg.compare and not diverged:
             panels = ([img] if ref is not None else []) + [vis[k], restored]
             write_png(out / f"{stem}.compare.png", side_by_side(panels))
-        write_png(out / f"{stem}.png", restored)
+        if not diverged:
+            write_png(out / f"{stem}.png", restored)
         rec = records[i]
-        rec.update({"status": "ok", "error": None, "measurement": str(out / f"{stem}.measurement.png"),
+        rec.update({"status": "failed" if diverged else "ok",
+                    "error": ("the solver diverged (non-finite values in the restored image): "
+                              "lower the measurement step size (--set)") if diverged else None,
+                    "measurement": str(out / f"{stem}.measurement.png"),
                     "working_size": list(shape[-2:]), "input_size": list(img.shape[-2:]),
                     "psnr": metrics.get("psnr", [None] * len(batch))[k],
                     "ssim": metrics.get("ssim", [None] * len(batch))[k],
                     "lpips": metrics.get("lpips", [None] * len(batch))[k],
-                    "residual": float(resid[k]), "nfe": res.nfe, "n_backward": res.n_backward,
+                    "residual": resid[k], "nfe": res.nfe, "n_backward": res.n_backward,
                     "seconds": seconds, "peak_memory_mb": usage.peak_mb, "batch_images": len(batch),
                     "operator": op.select([k]).params()})
         if metric_errors:
