@@ -122,6 +122,15 @@ def test_p2l_prompt_tuning_adam_and_table6_defaults(latent_models):
         alone = P2L(prior, box, steps=20).run(y2[1:], make_generators(3, 1, offset=1)).model
         assert torch.allclose(both[1:], alone, atol=1e-5)
 
+        # every = 0 never projects (it used to divide by zero); every = 3 does, at t = 3, 6, ...
+        calls = []
+        for every, expected in ((0, 0), (3, 6)):
+            s = P2L(prior, box, steps=20, every=every)
+            s.project = lambda z0, y, f=s.project: calls.append(1) or f(z0, y)
+            s.run(y1, make_generators(3, 1))
+            assert len(calls) == expected, (every, len(calls))
+            calls.clear()
+
 
 def test_resample_defaults_and_schedule():
     prior, op, truth, y = oracle_task("box", latent=True)

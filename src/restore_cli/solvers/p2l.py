@@ -12,6 +12,7 @@ Algorithm 1 over DDIM (eta = 0, ``steps`` = 1000), per step ``t = T .. 1``:
 * lines 5-7, when ``t mod every = 0``: the projection onto the encoder's range (Sec. 3.3): the
   proximal pixel step ``x0 = argmin ||y - A x||^2 + lam ||x - D(z0_hat)||^2`` (Eq. 19, solved by CG
   on ``(A^T A + lam I) x = A^T y + lam D(z0_hat)``), then ``z0_tilde = E(x0)`` (Eq. 20);
+  ``every = 0`` never projects;
 * line 11: ``z'_{t-1} = DDIM(z0_tilde, eps_hat)`` (Eq. 15);
 * the latent update, with ``g = grad_{z_t} ||y - A D(z0_hat)||`` (the unsquared norm, as LDPS,
   Eq. 6, and App. D.3's "static step size rho = 1"; ``z0_hat`` is the unprojected estimate):
@@ -153,7 +154,8 @@ class P2L(Solver):
         z0 = z0.detach()
         eps = (x.detach() - z0) / sigma
         t = len(self._sig) - 1 - i  # Algorithm 1's t = T .. 1
-        z0_t = self.project(z0, y) if t % int(h["every"]) == 0 else z0
+        every = int(h["every"])  # 0: never project (latent DPS with prompt tuning)
+        z0_t = self.project(z0, y) if every > 0 and t % every == 0 else z0
         z_next = z0_t + sigma_next * eps  # DDIM, eta = 0 (VE)
         proj = projector(self.dsg, x)
         return z_next + self.latent_step(proj(g, i), sigma, sigma_next), z0_t
