@@ -112,6 +112,12 @@ def bars(data) -> list[str]:
     return out
 
 
+def notes() -> list[str]:
+    """The hand-written explanations of the misses (benchmarks/fmnist-notes.md), if any."""
+    f = ROOT / "benchmarks" / "fmnist-notes.md"
+    return f.read_text().splitlines() if f.exists() else []
+
+
 def merge(datas: list[dict], suite) -> dict:
     """One results dict from several runs of the same suite (its cells in the suite's order)."""
     rank = {"ok": 0, "skipped": 1, "failed": 2}
@@ -144,7 +150,7 @@ def main():
             "paper's default settings unless the setting column says otherwise; `guidance x10` multiplies the",
             "method's measurement-guidance step size by 10 (DiffStateGrad's robustness study).", "",
             f"Cells finished: {done} of {total} in the suite (the rest are still to run: the suite is resumable).", "",
-            "## The bars", "", *bars(data), "## Results", ""]
+            "## The bars", "", *bars(data), *notes(), "## Results", ""]
     table = markdown_table(data).split("\n", 2)[2]  # without the suite's own title
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(head) + "\n" + table)
