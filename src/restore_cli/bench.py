@@ -105,12 +105,13 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
         for start in range(0, len(suite.images), suite.batch_size):
             ids = list(range(start, min(start + suite.batch_size, len(suite.images))))
             x = torch.stack([to_channels(fit_to(suite.images[i][1], hw, "resize")[0], prior.channels) for i in ids])
-            sb = solve_batch(x.to(models.device), ids, task=cell.task, task_opts=cell.task_opts,
+            x = x.to(models.device)
+            sb = solve_batch(x, ids, task=cell.task, task_opts=cell.task_opts,
                              noise_sigma=cell.noise_sigma, seed=seed, method_cls=info.cls, prior=prior, dsg=dsg,
                              hparams=hp, guidance=cell.guidance, restarts=cell.restarts, on_step=cb)
             res = sb.result
             used_hp = used_hp or {k: v for k, v in sb.solver.params().items() if k != "diffstategrad"}
-            m, errors = score(res.images, x.to(models.device), lp)
+            m, errors = score(res.images, x, lp)
             if errors:
                 raise RuntimeError(f"metric failed: {errors[0]}")
             resid = finite(measurement_residual(sb.op, res.images.float(), sb.y))
