@@ -8,12 +8,13 @@ run or suite), so an image's result depends neither on the batch it is in nor on
 from __future__ import annotations
 
 import math
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from .metrics import psnr, ssim
+from .metrics import measurement_residual, psnr, ssim
 from .profiling import measure
 from .registry import build_operator
 from .rng import make_generators
@@ -27,6 +28,10 @@ class SolvedBatch:
     result: Any          # solvers.SolveResult (best of the restarts)
     solver: Any          # the solver, for its resolved hyperparameters
     usage: Any           # profiling.measure: seconds and peak memory of the solve
+
+    def residuals(self) -> list:
+        """Per-image relative measurement residual ``||A(x) - y|| / ||y||`` (None where diverged)."""
+        return finite(measurement_residual(self.op, self.result.images.float(), self.y))
 
 
 def solve_batch(x: torch.Tensor, ids: list[int], *, task: str, task_opts: dict, noise_sigma: float, seed: int,
@@ -71,6 +76,13 @@ def score(out: torch.Tensor, ref: torch.Tensor, lp=None) -> tuple[dict[str, list
             with torch.no_grad():
                 metrics[name] = finite(fn())
         except Exception as e:  # noqa: BLE001
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            errors.append(f"{name}: {type(e).__name__}{': ' + msg if msg else ''}")
+            errors.append(f"{name}: {error_line(e)}")
     return metrics, errors
+
+
+def error_line(e: Exception) -> str:
+    """One line saying what went wrong (with the remedy for running out of GPU memory)."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return "out of GPU memory: lower --batch-size, use --dtype fp16/bf16, or a smaller --fit size"
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__ + " " + traceback.format_exc(limit=1).splitlines()[-1]

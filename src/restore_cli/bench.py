@@ -86,8 +86,7 @@ def check_cell(cell: Cell, models: _Models) -> str | None:
 
 def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callable | None = None) -> dict:
     """Restore every image x seed of a cell; per-image metrics and the cell's summary."""
-    from .batch import finite, score, solve_batch
-    from .metrics import measurement_residual
+    from .batch import score, solve_batch
     from .registry import METHODS
     from .solvers import DiffStateGrad
 
@@ -114,7 +113,7 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
             m, errors = score(res.images, x, lp)
             if errors:
                 raise RuntimeError(f"metric failed: {errors[0]}")
-            resid = finite(measurement_residual(sb.op, res.images.float(), sb.y))
+            resid = sb.residuals()
             for k, i in enumerate(ids):
                 records.append({"image": suite.images[i][0], "seed": seed, "psnr": m["psnr"][k], "ssim": m["ssim"][k],
                                 "lpips": m["lpips"][k] if lp is not None else None,

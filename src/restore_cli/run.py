@@ -11,7 +11,6 @@ image is recorded and never loses the others.
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +22,8 @@ from . import __version__
 from .config import ConfigError, ModelSpec, load_registry
 from .hub import ModelUnavailable, load_prior
 from .io import FITS, ImageReadError, fit_to, list_images, read_image, side_by_side, unfit, write_json_atomic, write_png
-from .batch import finite, score, solve_batch
-from .metrics import LPIPS, lpips_status, measurement_residual
+from .batch import error_line, score, solve_batch
+from .metrics import LPIPS, lpips_status
 from .registry import METHODS, TASKS, MethodInfo, UsageError, check_method, parse_set, resolve_device, resolve_dtype
 from .report import SCHEMA_VERSION, environment, summarize
 from .solvers import DiffStateGrad, StepInfo
@@ -264,7 +263,7 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
                     run_batch([item])
                 return
             i = batch[0][0]
-            records[i].update({"status": "failed", "error": _error_line(e)})
+            records[i].update({"status": "failed", "error": error_line(e)})
         flush()
 
     for item in items:
@@ -277,13 +276,6 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
     data["finished"] = datetime.now(timezone.utc).isoformat()
     flush()
     return Report(data, metrics_path)
-
-
-def _error_line(e: Exception) -> str:
-    if isinstance(e, torch.cuda.OutOfMemoryError):
-        return "out of GPU memory: lower --batch-size, use --dtype fp16/bf16, or a smaller --fit size"
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__ + " " + traceback.format_exc(limit=1).splitlines()[-1]
 
 
 def _measurement_inputs(plan: Plan, img: torch.Tensor, native_hw):
@@ -321,7 +313,7 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
     seconds = (time.time() - t0) / len(batch)
     hp = sb.solver.params()
     out_imgs = res.images.float().cpu()
-    resid = finite(measurement_residual(op, res.images, y))
+    resid = sb.residuals()
     metrics, metric_errors = score(res.images, ref, lp) if ref is not None else ({}, [])
     vis = op.visualize(y).float().cpu()
     for k, (i, img) in enumerate(batch):
