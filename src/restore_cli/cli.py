@@ -17,15 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .console import (BenchProgress, RunProgress, err, out, print_summary, quiet_libraries, rich_tqdm,
+                      usage_error)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Restore images by solving inverse problems with diffusion-model priors.\n\n"
                        "Example: [bold]restore inpaint --model gaussian --mask box photo.png[/bold]")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and download models (models.toml).")
 app.add_typer(models_app, name="models")
-
-err = Console(stderr=True)
-out = Console()
 
 
 def _version(value: bool):
@@ -156,121 +155,32 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
     rule = task_opts.pop("_restart_rule", "residual")
     for key, allowed in (("border", ("reflect", "circular", "zeros")), ("filter", ("bicubic", "avgpool"))):
         if key in task_opts and task_opts[key] not in allowed:
-            return _usage(f"--{key} must be one of {', '.join(allowed)}")
+            return usage_error(f"--{key} must be one of {', '.join(allowed)}")
     if rule not in ("residual", "oracle"):
-        return _usage("--restart-rule must be residual or oracle")
+        return usage_error("--restart-rule must be residual or oracle")
     if common["lpips_net"] not in ("alex", "vgg"):
-        return _usage("--lpips-net must be alex or vgg")
+        return usage_error("--lpips-net must be alex or vgg")
     if common["rank_mode"] not in ("paper", "reference"):
-        return _usage("--rank-mode must be paper or reference")
-    _quiet_libraries()
+        return usage_error("--rank-mode must be paper or reference")
+    quiet_libraries()
     cfg = RunConfig(task=task, task_opts=task_opts, restarts=restarts, restart_rule=rule, argv=sys.argv[:], **common)
     try:
         plan = resolve(cfg)
     except UsageError as e:
-        return _usage(str(e))
+        return usage_error(str(e))
     try:
-        with _Progress(quiet) as prog:
-            report = execute(plan, prog.event, tqdm_class=_rich_tqdm())
+        with RunProgress(quiet) as prog:
+            report = execute(plan, prog.event, tqdm_class=rich_tqdm())
     except UsageError as e:
-        return _usage(str(e))
+        return usage_error(str(e))
     except ModelUnavailable as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted: finished images are kept; rerun the same command to continue")
         return 130
-    _print_summary(report, quiet)
+    print_summary(report, quiet)
     return 1 if report.failed else 0
-
-
-def _quiet_libraries():
-    """diffusers/transformers loading chatter (progress bars, casting notes) off the user's terminal."""
-    try:
-        import diffusers
-        import transformers
-
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - cosmetic only
-        pass
-
-
-def _usage(msg: str) -> int:
-    from rich.markup import escape
-
-    err.print(f"[red]usage error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
-    return 2
-
-
-def _rich_tqdm():
-    try:
-        from tqdm.rich import tqdm
-
-        return tqdm
-    except Exception:  # noqa: BLE001
-        return None
-
-
-class _RichProgress:
-    """A transient Rich progress display on stderr (off when quiet or not a terminal)."""
-
-    def __init__(self, quiet: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.quiet = quiet
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=err, transient=True, disable=quiet or not err.is_terminal)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *a):
-        self.progress.__exit__(*a)
-
-
-class _Progress(_RichProgress):
-    """Turns the library's events into a Rich progress bar (stderr)."""
-
-    def __init__(self, quiet: bool):
-        super().__init__(quiet)
-        self.task = None
-
-    def event(self, kind: str, info: dict):
-        if kind == "model" and not self.quiet:
-            err.print(f"loading model {info['name']}", highlight=False)
-        elif kind == "batch":
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(", ".join(info["images"])[:40], total=None)
-        elif kind == "step" and self.task is not None:
-            self.progress.update(self.task, completed=info["step"] + 1, total=info["total"])
-        elif kind == "image" and not self.quiet:
-            r = info["record"]
-            extra = f" PSNR {r['psnr']:.2f} dB" if r.get("psnr") is not None else ""
-            err.print(f"wrote {r['output']}{extra}", highlight=False)
-
-
-def _print_summary(report, quiet: bool):
-    s = report.data["summary"]
-    failed = [r for r in report.data["images"] if r["status"] == "failed"]
-    for r in failed:
-        err.print(f"[red]failed:[/red] {r['input']}: {r['error']}", highlight=False, soft_wrap=True)
-    if quiet:
-        return
-    t = Table(title=f"{report.data['config']['task']} - {report.data['config']['method']['name']}"
-                    f"{' + DiffStateGrad' if report.data['config']['method']['diffstategrad'] else ''}")
-    for col in ("images", "PSNR", "SSIM", "LPIPS", "residual", "NFE", "s/image"):
-        t.add_column(col, justify="right")
-    fmt = lambda k, d=3: "-" if s[k]["mean"] is None else f"{s[k]['mean']:.{d}f} ± {s[k]['std']:.{d}f}"  # noqa: E731
-    n = s["images"]
-    t.add_row(f"{n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed", fmt("psnr", 2), fmt("ssim"), fmt("lpips"),
-              fmt("residual"), fmt("nfe", 0), fmt("seconds", 1))
-    out.print(t)
-    out.print(f"metrics: {report.path}", highlight=False)
 
 
 @app.command("methods")
@@ -311,16 +221,16 @@ def bench_cmd(
     from .bench_results import compare, load_results, parse_tolerances
     from .registry import UsageError, resolve_device
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         tol = parse_tolerances(tolerance)
         plan = load_suite(suite)
         dev = resolve_device(device)
         base = None if baseline is None else load_results(baseline)
     except (SuiteError, UsageError) as e:
-        raise typer.Exit(_usage(str(e)))
+        raise typer.Exit(usage_error(str(e)))
     out_dir = output or Path("bench") / plan.name
-    with _BenchProgress(quiet, len(plan.cells)) as prog:
+    with BenchProgress(quiet, len(plan.cells)) as prog:
         data = run_suite(plan, out_dir, dev, rerun=rerun, progress=prog.event, only=only)
     cells = data["cells"].values()
     failed = [c for c in cells if c["status"] == "failed"]
@@ -347,31 +257,6 @@ def bench_cmd(
     raise typer.Exit(code)
 
 
-class _BenchProgress(_RichProgress):
-    """Rich progress for a suite: a bar over cells and one over the current cell's steps."""
-
-    def __init__(self, quiet: bool, total: int):
-        super().__init__(quiet)
-        self.cells = self.progress.add_task("cells", total=total)
-        self.steps = None
-
-    def event(self, kind: str, info: dict):
-        if kind == "start":
-            if self.steps is not None:
-                self.progress.remove_task(self.steps)
-            from rich.markup import escape
-
-            self.steps = self.progress.add_task(escape(info["label"][:60]), total=None)
-        elif kind == "step" and self.steps is not None:
-            self.progress.update(self.steps, completed=info["step"], total=info["total"])
-        elif kind == "cell":
-            self.progress.update(self.cells, completed=info["n"] + 1)
-            if not self.quiet and info["status"] not in ("ok",):
-                err.print(f"{info['status']}: {info['label']}", highlight=False, markup=False)
-            elif not self.quiet:
-                err.print(f"done: {info['label']}", highlight=False, markup=False)
-
-
 @models_app.command("list")
 def models_list(models_file: Annotated[Optional[Path], typer.Option("--models-file")] = None):
     """Models and whether each is usable now without a network.
@@ -384,7 +269,7 @@ def models_list(models_file: Annotated[Optional[Path], typer.Option("--models-fi
     try:
         reg = load_registry(models_file)
     except ConfigError as e:
-        raise typer.Exit(_usage(str(e)))
+        raise typer.Exit(usage_error(str(e)))
     t = Table(title="models")
     for col in ("name", "kind", "source", "offline now", "where", "default for"):
         t.add_column(col)
@@ -409,7 +294,7 @@ def models_info(name: str, models_file: Annotated[Optional[Path], typer.Option("
     try:
         spec = load_registry(models_file).get(name)
     except ConfigError as e:
-        raise typer.Exit(_usage(str(e)))
+        raise typer.Exit(usage_error(str(e)))
     ok, why = availability(spec)
     out.print_json(json.dumps({**spec.record(), "offline_now": ok, "where": why}))
 
@@ -427,9 +312,9 @@ def models_download(name: str, models_file: Annotated[Optional[Path], typer.Opti
     try:
         spec = load_registry(models_file).get(name)
     except ConfigError as e:
-        raise typer.Exit(_usage(str(e)))
+        raise typer.Exit(usage_error(str(e)))
     try:
-        path = download(spec, token=token, tqdm_class=_rich_tqdm())
+        path = download(spec, token=token, tqdm_class=rich_tqdm())
     except ModelUnavailable as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
