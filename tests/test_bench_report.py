@@ -1,0 +1,80 @@
+"""scripts/bench_report.py: the bars it checks, on hand-made cells whose verdicts are known."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "scripts" / "bench_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cell(task, opts, method, dsg, guidance, psnrs, lpips=0.1, status="ok"):
+    label = f"{task}[{','.join(f'{k}={v}' for k, v in opts.items())}] {method}{'+dsg' if dsg else ''} m"
+    images = [{"image": f"im{i}", "seed": 0, "psnr": p} for i, p in enumerate(psnrs)]
+    finite = [p for p in psnrs if p is not None]
+    mean = sum(finite) / len(finite) if finite else None
+    return {"config": {"task": task, "task_opts": opts, "method": method, "diffstategrad": dsg,
+                       "guidance": guidance},
+            "label": label + (f" (guidance x{guidance:g})" if guidance != 1.0 else ""), "status": status,
+            "images": images,
+            "summary": {"psnr": {"mean": mean}, "lpips": {"mean": lpips},
+                        "failure_rate": sum(p is None or p < 15 for p in psnrs) / len(psnrs)}}
+
+
+def data(*cs):
+    return {"cells": {str(i): c for i, c in enumerate(cs)}}
+
+
+def grid(task, opts, method, x1, x1_dsg, x10, x10_dsg):
+    return [cell(task, opts, method, False, 1.0, x1), cell(task, opts, method, True, 1.0, x1_dsg),
+            cell(task, opts, method, False, 10.0, x10), cell(task, opts, method, True, 10.0, x10_dsg)]
+
+
+def test_bar2_is_met_when_dsg_loses_less_and_missed_when_it_loses_more(report):
+    box = {"mask": "box"}
+    d = data(*grid("inpaint", box, "psld", [20, 22], [20, 22], [17, 19], [19, 21]))  # lose 3 dB vs 1 dB
+    r = report.robustness(d, "inpaint[mask=box]", "psld", 10.0)
+    assert r["ok"] and r["without"] == "+3.00 dB" and r["with"] == "+1.00 dB"
+    # paired: per image (1 - 3) = -2 on both images, so the mean is -2 with no spread
+    assert "-2.00 +- 0.00 dB" in r["paired"]
+    d = data(*grid("inpaint", box, "dps", [20, 22], [20, 22], [19, 21], [17, 19]))
+    assert not report.robustness(d, "inpaint[mask=box]", "dps", 10.0)["ok"]
+
+
+def test_bar2_a_diverged_variant_never_meets_the_bar(report):
+    opts = {"mask": "random"}
+    d = data(*grid("inpaint", opts, "daps", [20, 20], [20, 20], [None, None], [None, None]))
+    r = report.robustness(d, "inpaint[mask=random]", "daps", 10.0)
+    assert not r["ok"] and "diverged" in r["with"] and "diverged" in r["without"]
+    # without DSG diverged, with DSG finite: met
+    d = data(*grid("inpaint", opts, "daps", [20, 20], [20, 20], [None, None], [18, 18]))
+    assert report.robustness(d, "inpaint[mask=random]", "daps", 10.0)["ok"]
+
+
+def test_bar2_waits_for_all_four_cells_and_keeps_tasks_apart(report):
+    blur = {"kernel": "motion"}
+    cs = grid("deblur", blur, "dps", [20], [20], [18], [19])
+    assert report.robustness(data(*cs[:3]), "deblur[kernel=motion]", "dps", 10.0) is None
+    other = grid("deblur", {"kernel": "gaussian"}, "dps", [30], [30], [10], [29])
+    d = data(*cs, *other)
+    assert report.robustness(d, "deblur[kernel=motion]", "dps", 10.0)["without"] == "+2.00 dB"
+    table = "\n".join(report.bar2_every_task(d))
+    assert "met in 2 of 2 measured" in table and "deblur[kernel=gaussian]" in table
+
+
+def test_bar1_compares_lpips_with_the_posterior_mean(report):
+    box = {"mask": "box"}
+    d = data(cell("inpaint", box, "posterior-mean", False, 1.0, [15], lpips=0.2),
+             cell("inpaint", box, "dps", False, 1.0, [20], lpips=0.1),
+             cell("inpaint", box, "dps", True, 1.0, [20], lpips=0.3))
+    text = "\n".join(report.bars(d))
+    assert "dps: LPIPS 0.100 vs 0.200 -> met" in text
+    assert "dps + DSG: LPIPS 0.300 vs 0.200 -> **missed**" in text
