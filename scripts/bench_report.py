@@ -44,6 +44,7 @@ def find(data, task, method, dsg, guidance=1.0, mask=None, where=None):
     for cfg, c in cells(data):
         if (cfg["task"] == task and cfg["method"] == method and cfg["diffstategrad"] == dsg
                 and cfg["guidance"] == guidance and (mask is None or cfg["task_opts"].get("mask") == mask)
+                and not cfg.get("dsg_opts") and not cfg.get("hparams")  # the defaults, not a sweep point
                 and (where is None or task_of(c) == where) and c["status"] == "ok"):
             return {**c["summary"], "images": c["images"]}
     return None

@@ -185,8 +185,41 @@ def test_cell_key_changes_with_every_setting():
     variants = [Cell("inpaint", {"mask": "random"}, "dps", "m", False, {}), Cell("inpaint", {"mask": "box"}, "dps", "m", True, {}),
                 Cell("inpaint", {"mask": "box"}, "dps", "m", False, {"zeta": 1.0}),
                 Cell("inpaint", {"mask": "box"}, "dps", "m", False, {}, guidance=2.0),
-                Cell("inpaint", {"mask": "box"}, "dps", "m", False, {}, noise_sigma=0.01)]
-    assert len({base.key, *(v.key for v in variants)}) == 6
+                Cell("inpaint", {"mask": "box"}, "dps", "m", False, {}, noise_sigma=0.01),
+                Cell("inpaint", {"mask": "box"}, "dps", "m", True, {}, dsg_opts={"var_cutoff": 0.999})]
+    assert len({base.key, *(v.key for v in variants)}) == 7
+    # keys are what makes committed results resumable: a cell without DSG options keeps the key
+    # it had before those options existed
+    assert base.key == "1ab267de0f83"
+
+
+def test_suite_sweeps_diffstategrad_options_on_the_cells_with_dsg(setup, tmp_path):
+    d, _ = setup
+    (tmp_path / "s.toml").write_text(f"""
+[images]
+paths = ["{d / 'images'}"]
+[[grid]]
+tasks = [{{ task = "inpaint", mask = "box" }}]
+methods = ["dps"]
+models = ["{d / 'tiny'}"]
+diffstategrad = [false, true]
+steps = 4
+var_cutoff = [0.99, 0.5]
+period = 2
+""")
+    cells = load_suite(tmp_path / "s.toml").cells
+    assert len(cells) == 3 and "tau" not in cells[0].label  # one cell without DSG, two with
+    assert cells[1].label.endswith("(tau=0.99, F=2)") and cells[2].label.endswith("(tau=0.5, F=2)")
+    plain, high, low = cells
+    assert plain.dsg(5) is None and high.dsg(5).var_cutoff == 0.99 and low.dsg(5).var_cutoff == 0.5
+    assert low.dsg(5).period == 2 and low.dsg(5).rank_mode == "paper"
+    # the options reach the solver: a smaller tau keeps fewer directions and changes the result
+    r = bench(tmp_path / "s.toml", "-o", tmp_path / "o", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "o" / "results.json").read_text())["cells"]
+    psnr = {c.key: [i["psnr"] for i in res[c.key]["images"]] for c in cells}
+    assert psnr[high.key] != psnr[low.key] != psnr[plain.key]
+    assert res[low.key]["config"]["dsg_opts"] == {"var_cutoff": 0.5, "period": 2}
 
 
 @pytest.mark.parametrize("text, msg", [
@@ -198,6 +231,7 @@ def test_cell_key_changes_with_every_setting():
     ("seeds=[]\n[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']", "no seeds"),
     ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nset={nope=1}", "no method of the grid"),
     ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nset={zeta='x'}", "not a valid float"),
+    ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nvar_cutoff=2", "var_cutoff"),
     ("oops = 1\n", "unknown key"),
     ("[[grid", "not valid TOML"),
 ])

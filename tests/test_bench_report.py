@@ -70,6 +70,14 @@ def test_bar2_waits_for_all_four_cells_and_keeps_tasks_apart(report):
     assert "met in 2 of 2 measured" in table and "deblur[kernel=gaussian]" in table
 
 
+def test_bars_read_the_default_cells_not_a_sweep_point(report):
+    box = {"mask": "box"}
+    swept = cell("inpaint", box, "dps", True, 1.0, [5])
+    swept["config"]["dsg_opts"] = {"var_cutoff": 0.5}
+    d = data(swept, *grid("inpaint", box, "dps", [20], [20], [19], [19.5]))
+    assert report.robustness(d, "inpaint[mask=box]", "dps", 10.0)["with"] == "+0.50 dB"
+
+
 def test_bar1_compares_lpips_with_the_posterior_mean(report):
     box = {"mask": "box"}
     d = data(cell("inpaint", box, "posterior-mean", False, 1.0, [15], lpips=0.2),

@@ -88,13 +88,12 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
     """Restore every image x seed of a cell; per-image metrics and the cell's summary."""
     from .batch import score, solve_batch
     from .registry import METHODS
-    from .solvers import DiffStateGrad
 
     info = METHODS[cell.method]
     prior = models.prior(cell.model)
     native = getattr(prior, "sample_size", None)
     hw = None if native is None else ((native, native) if isinstance(native, int) else tuple(native))
-    dsg = DiffStateGrad(0.99, info.cls.default_period) if cell.diffstategrad else None
+    dsg = cell.dsg(info.cls.default_period)
     hp = dict(cell.hparams)
     if cell.steps is not None:
         hp[info.steps_key] = cell.steps

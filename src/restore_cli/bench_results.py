@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .bench_suite import SuiteError, _read
+from .bench_suite import SuiteError, _read, dsg_setting
 
 DEFAULT_TOLERANCES = {"psnr": 0.5, "ssim": 0.02, "lpips": 0.02, "failure_rate": 0.10}
 
@@ -46,7 +46,7 @@ def markdown_table(data: dict) -> str:
     for key, c in data["cells"].items():
         cfg = c["config"]
         task = cfg["task"] + ("" if not cfg["task_opts"] else " " + ",".join(str(v) for v in cfg["task_opts"].values()))
-        setting = ", ".join([f"{k}={v}" for k, v in sorted(cfg["hparams"].items())]
+        setting = ", ".join([f"{k}={v}" for k, v in sorted(cfg["hparams"].items())] + dsg_setting(cfg.get("dsg_opts", {}))
                             + ([f"guidance x{cfg['guidance']:g}"] if cfg["guidance"] != 1.0 else [])
                             + ([f"steps={cfg['steps']}"] if cfg.get("steps") else [])) or "default"
         head = f"| {task} | {cfg['method']} | {'yes' if cfg['diffstategrad'] else 'no'} | {cfg['model']} | {setting} |"

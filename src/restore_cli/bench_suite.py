@@ -23,6 +23,7 @@ A suite is a TOML file::
     guidance = [1.0, 10.0]      # optional: multiplies each method's measurement-guidance step size
     sweep = { zeta = [0.3, 3] } # optional: explicit values of hyperparameters
     restarts = 4                # optional (phase retrieval: best-of-k by measurement residual)
+    var_cutoff = [0.99, 0.999]  # optional, on the cells with DSG: its tau (also period, rank_mode)
 
 A (task, method, model) that does not go together is listed in the results as skipped with
 the reason, so a grid can be written broadly.  Each cell has a key (a hash of everything that
@@ -43,6 +44,7 @@ from pathlib import Path
 import torch
 
 from .io import list_images, read_image
+from .solvers.projection import DiffStateGrad
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,6 +54,7 @@ else:  # pragma: no cover
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TASK_KEYS = {"task", "mask", "kernel", "kernel_size", "border", "scale", "filter", "oversample", "hdr_scale",
              "box_placement", "missing", "kernel_sigma", "motion_intensity"}
+DSG_KEYS = ("var_cutoff", "period", "rank_mode")  # DiffStateGrad's options, as `restore <task>` has them
 
 
 class SuiteError(ValueError):
@@ -70,20 +73,38 @@ class Cell:
     steps: int | None = None
     noise_sigma: float = 0.05
     restarts: int = 1
+    dsg_opts: dict = field(default_factory=dict)  # var_cutoff, period, rank_mode when not the defaults
 
     @property
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if not d["dsg_opts"]:
+            del d["dsg_opts"]  # cells written before these options existed keep their keys
+        blob = json.dumps(d, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def dsg(self, default_period: int):
+        """The cell's DiffStateGrad (None without it): the paper's tau = 0.99 and the method's F
+        unless the suite set them."""
+        if not self.diffstategrad:
+            return None
+        o = self.dsg_opts
+        return DiffStateGrad(o.get("var_cutoff", 0.99), o.get("period", default_period), o.get("rank_mode", "paper"))
 
     @property
     def label(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.task_opts.items()))
-        extra = [f"{k}={v}" for k, v in sorted(self.hparams.items())]
+        extra = [f"{k}={v}" for k, v in sorted(self.hparams.items())] + dsg_setting(self.dsg_opts)
         if self.guidance != 1.0:
             extra.append(f"guidance x{self.guidance:g}")
         return (f"{self.task}[{opts}] {self.method}{'+dsg' if self.diffstategrad else ''} {self.model}"
                 + (f" ({', '.join(extra)})" if extra else ""))
+
+
+def dsg_setting(opts: dict) -> list[str]:
+    """DiffStateGrad options as a cell's label and table write them: tau=0.999, F=1, rank=reference."""
+    names = {"var_cutoff": "tau", "period": "F", "rank_mode": "rank"}
+    return [f"{names[k]}={opts[k]}" for k in names if k in opts]
 
 
 @dataclass
@@ -193,7 +214,8 @@ def load_suite(path: Path) -> Suite:
     grids = data.get("grid") or []
     if not grids:
         raise SuiteError(f"{path}: no [[grid]] tables")
-    grid_keys = {"tasks", "methods", "models", "diffstategrad", "steps", "set", "guidance", "sweep", "restarts", "noise_sigma"}
+    grid_keys = {"tasks", "methods", "models", "diffstategrad", "steps", "set", "guidance", "sweep", "restarts", "noise_sigma",
+                 *DSG_KEYS}
     for gi, g in enumerate(grids):
         unknown = sorted(set(g) - grid_keys)
         if unknown:
@@ -224,9 +246,21 @@ def load_suite(path: Path) -> Suite:
             raise SuiteError(f"grid {gi + 1}: no method of the grid has hyperparameter(s) {', '.join(sorted(every - known))}")
         sweep = g.get("sweep") or {}
         sweep_items = [[(k, v) for v in _as_list(vals)] for k, vals in sorted(sweep.items())]
-        for t, m, model, dsg, guide, point in itertools.product(
+        # DiffStateGrad's own options (its rank study, Figures 8 and 10): swept on the cells with DSG
+        dsg_items = [[(k, v) for v in _as_list(g[k])] for k in DSG_KEYS if k in g]
+        dsg_points = [dict(p) for p in itertools.product(*dsg_items)] if dsg_items else [{}]
+        for p in dsg_points:
+            try:
+                DiffStateGrad(p.get("var_cutoff", 0.99), p.get("period", 1), p.get("rank_mode", "paper"))
+            except (ValueError, TypeError) as e:
+                raise SuiteError(f"grid {gi + 1}: {e}") from None
+        for t, m, model, dsg, guide, point, dsg_opts in itertools.product(
                 tasks, _as_list(g["methods"]), _as_list(g["models"]), _as_list(g.get("diffstategrad", [False])),
-                _as_list(g.get("guidance", [1.0])), list(itertools.product(*sweep_items)) or [()]):
+                _as_list(g.get("guidance", [1.0])), list(itertools.product(*sweep_items)) or [()], dsg_points):
+            if dsg_opts and not dsg:
+                if dsg_opts != dsg_points[0]:
+                    continue  # without DSG its options do not matter: one cell
+                dsg_opts = {}
             defaults = METHODS[m].cls.defaults
             raw = {k: v for k, v in {**(g.get("set") or {}), **dict(point)}.items() if k in defaults}
             if point and any(k not in defaults for k, _ in point):
@@ -238,7 +272,7 @@ def load_suite(path: Path) -> Suite:
             task_opts = {k: v for k, v in t.items() if k != "task"}
             cells.append(Cell(t["task"], task_opts, m, model, bool(dsg), hp, float(guide),
                               int(g["steps"]) if "steps" in g else None, float(g.get("noise_sigma", noise)),
-                              int(g.get("restarts", TASKS[t["task"]].default_restarts))))
+                              int(g.get("restarts", TASKS[t["task"]].default_restarts)), dict(dsg_opts)))
     seen, unique = set(), []
     for c in cells:
         if c.key not in seen:
