@@ -257,10 +257,8 @@ def load_suite(path: Path) -> Suite:
         for t, m, model, dsg, guide, point, dsg_opts in itertools.product(
                 tasks, _as_list(g["methods"]), _as_list(g["models"]), _as_list(g.get("diffstategrad", [False])),
                 _as_list(g.get("guidance", [1.0])), list(itertools.product(*sweep_items)) or [()], dsg_points):
-            if dsg_opts and not dsg:
-                if dsg_opts != dsg_points[0]:
-                    continue  # without DSG its options do not matter: one cell
-                dsg_opts = {}
+            if not dsg:
+                dsg_opts = {}  # without DSG its options do not matter: one cell (duplicates go below)
             defaults = METHODS[m].cls.defaults
             raw = {k: v for k, v in {**(g.get("set") or {}), **dict(point)}.items() if k in defaults}
             if point and any(k not in defaults for k, _ in point):
