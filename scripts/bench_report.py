@@ -50,7 +50,7 @@ def find(data, task, method, dsg, guidance=1.0, mask=None, where=None):
     return None
 
 
-def paired(s: dict, g: float) -> str:
+def paired(s: dict, g: float) -> tuple[float, float, int] | None:
     """The difference of the two PSNR losses per image (with DSG minus without), as mean +- its
     standard error: whether a difference is larger than the spread over 8 images explains."""
     per = {}
@@ -60,10 +60,9 @@ def paired(s: dict, g: float) -> str:
     diffs = [(v[(True, 1.0)] - v[(True, g)]) - (v[(False, 1.0)] - v[(False, g)])
              for v in per.values() if len(v) == 4 and all(x is not None for x in v.values())]
     if len(diffs) < 2:
-        return ""
+        return None
     m = sum(diffs) / len(diffs)
-    se = math.sqrt(sum((x - m) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs))
-    return f"; paired difference {m:+.2f} +- {se:.2f} dB (s.e., {len(diffs)} images)"
+    return m, math.sqrt(sum((x - m) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs)), len(diffs)
 
 
 def large_steps(data) -> list[float]:
@@ -106,7 +105,7 @@ def bar2_every_task(data) -> list[str]:
                     continue
                 measured += 1
                 met += r["ok"]
-                rows.append(f"| {where} | {m} x{g:g} | {r['without']} | {r['with']} | {r['paired'].split('difference ')[-1].split(' (')[0] or '-'} "
+                rows.append(f"| {where} | {m} x{g:g} | {r['without']} | {r['with']} | {'-' if r['paired'] is None else '{:+.2f} +- {:.2f} dB'.format(*r['paired'][:2])} "
                             f"| {'met' if r['ok'] else '**missed**'} |")
     if not rows:
         return []
@@ -141,7 +140,8 @@ def bars(data) -> list[str]:
                     lines.append(f"  - {m} x{g:g}: not measured yet")
                 continue
             lines.append(f"  - {m} x{g:g}: PSNR loss without DSG {r['without']}, with DSG {r['with']} "
-                         f"-> {'met' if r['ok'] else '**missed**'}{r['paired']}")
+                         f"-> {'met' if r['ok'] else '**missed**'}" + ("" if r["paired"] is None else
+                         "; paired difference {:+.2f} +- {:.2f} dB (s.e., {} images)".format(*r["paired"])))
     out += ["2. At the large step size (x10), DiffStateGrad loses less PSNR than the method alone (box inpainting; the loss is against the same method at x1):",
             *lines, "", *bar2_every_task(data)]
     # 3. phase retrieval failure rate
