@@ -38,14 +38,13 @@ def task_of(c) -> str:
     return c["label"].split()[0]
 
 
-def find(data, task, method, dsg, guidance=1.0, mask=None, where=None):
-    """The summary (and per-image records) of the finished cell that matches; ``where`` (a task
-    label such as 'deblur[kernel=motion,kernel_size=9]') selects the task with its options."""
+def find(data, where, method, dsg, guidance=1.0):
+    """The summary (and per-image records) of the finished cell at the method's defaults (not a
+    sweep point) on the task ``where``, as a label writes it: 'inpaint[mask=box]', 'phase-retrieval[]'."""
     for cfg, c in cells(data):
-        if (cfg["task"] == task and cfg["method"] == method and cfg["diffstategrad"] == dsg
-                and cfg["guidance"] == guidance and (mask is None or cfg["task_opts"].get("mask") == mask)
-                and not cfg.get("dsg_opts") and not cfg.get("hparams")  # the defaults, not a sweep point
-                and (where is None or task_of(c) == where) and c["status"] == "ok"):
+        if (task_of(c) == where and cfg["method"] == method and cfg["diffstategrad"] == dsg
+                and cfg["guidance"] == guidance and not cfg.get("dsg_opts") and not cfg.get("hparams")
+                and c["status"] == "ok"):
             return {**c["summary"], "images": c["images"]}
     return None
 
@@ -72,8 +71,7 @@ def large_steps(data) -> list[float]:
 def robustness(data, where: str, m: str, g: float):
     """Bar 2 for one task and method: the PSNR each variant loses from x1 to x``g`` (a cell whose
     every image diverged has no mean PSNR: its loss is unbounded); None until all four cells ran."""
-    task = where.split("[")[0]
-    s = {(d, gg): find(data, task, m, d, gg, where=where) for d in (False, True) for gg in (1.0, g)}
+    s = {(d, gg): find(data, where, m, d, gg) for d in (False, True) for gg in (1.0, g)}
     if any(v is None for v in s.values()):
         return None
     drop = {d: (math.inf if s[(d, g)]["psnr"]["mean"] is None
@@ -118,11 +116,11 @@ def bars(data) -> list[str]:
     out = []
     diffusion = sorted({cfg["method"] for cfg, _ in cells(data)} - {"pseudo-inverse", "posterior-mean"})
     # 1. LPIPS on box inpainting against the Gaussian posterior mean
-    ref = find(data, "inpaint", "posterior-mean", False, mask="box")
+    ref = find(data, "inpaint[mask=box]", "posterior-mean", False)
     lines = []
     for m in diffusion:
         for dsg in (False, True):
-            s = find(data, "inpaint", m, dsg, mask="box")
+            s = find(data, "inpaint[mask=box]", m, dsg)
             if s is None or ref is None or s["lpips"]["mean"] is None or ref["lpips"]["mean"] is None:
                 lines.append(f"  - {m}{' + DSG' if dsg else ''}: not measured yet (or LPIPS unavailable)")
                 continue
@@ -147,7 +145,7 @@ def bars(data) -> list[str]:
     # 3. phase retrieval failure rate
     lines = []
     for m in diffusion:
-        a, b = find(data, "phase-retrieval", m, False), find(data, "phase-retrieval", m, True)
+        a, b = find(data, "phase-retrieval[]", m, False), find(data, "phase-retrieval[]", m, True)
         if a is None or b is None:
             if any(cfg["method"] == m and cfg["task"] == "phase-retrieval" for cfg, _ in cells(data)):
                 lines.append(f"  - {m}: not measured yet")

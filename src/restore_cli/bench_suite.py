@@ -88,8 +88,7 @@ class Cell:
         unless the suite set them."""
         if not self.diffstategrad:
             return None
-        o = self.dsg_opts
-        return DiffStateGrad(o.get("var_cutoff", 0.99), o.get("period", default_period), o.get("rank_mode", "paper"))
+        return DiffStateGrad(**{"period": default_period, **self.dsg_opts})
 
     @property
     def label(self) -> str:
@@ -251,7 +250,7 @@ def load_suite(path: Path) -> Suite:
         dsg_points = [dict(p) for p in itertools.product(*dsg_items)] if dsg_items else [{}]
         for p in dsg_points:
             try:
-                DiffStateGrad(p.get("var_cutoff", 0.99), p.get("period", 1), p.get("rank_mode", "paper"))
+                DiffStateGrad(**p)
             except (ValueError, TypeError) as e:
                 raise SuiteError(f"grid {gi + 1}: {e}") from None
         for t, m, model, dsg, guide, point, dsg_opts in itertools.product(
