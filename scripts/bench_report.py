@@ -17,6 +17,7 @@ whether it is met, missed (with the numbers) or not yet measured (cells still to
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -180,8 +181,15 @@ def merge(datas: list[dict], suite) -> dict:
     return merged
 
 
-def main():
-    srcs = [Path(a) for a in sys.argv[1:]] or [ROOT / "bench" / "fmnist" / "results.json"]
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("results", nargs="*", type=Path, help="results.json files of the suite's shards "
+                        "(default: bench/fmnist/results.json)")
+    args = parser.parse_args(argv)
+    srcs = args.results or [ROOT / "bench" / "fmnist" / "results.json"]
+    missing = [str(s) for s in srcs if not s.is_file()]
+    if missing:
+        parser.error(f"no such results file: {', '.join(missing)}")
     from restore_cli.bench import load_suite
 
     suite = load_suite(ROOT / "benchmarks" / "fmnist.toml")

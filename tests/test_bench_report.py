@@ -86,3 +86,10 @@ def test_bar1_compares_lpips_with_the_posterior_mean(report):
     text = "\n".join(report.bars(d))
     assert "dps: LPIPS 0.100 vs 0.200 -> met" in text
     assert "dps + DSG: LPIPS 0.300 vs 0.200 -> **missed**" in text
+
+
+def test_missing_results_file_is_a_usage_error(report, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        report.main([str(tmp_path / "nope.json")])
+    assert e.value.code == 2
+    assert "no such results file" in capsys.readouterr().err
