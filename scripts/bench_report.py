@@ -65,6 +65,11 @@ def paired(s: dict, g: float) -> tuple[float, float, int] | None:
     return m, math.sqrt(sum((x - m) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs)), len(diffs)
 
 
+def show_paired(p: tuple[float, float, int] | None) -> str:
+    """``paired()``'s result as 'mean +- s.e. dB', or '-' when there is none."""
+    return "-" if p is None else f"{p[0]:+.2f} +- {p[1]:.2f} dB"
+
+
 def large_steps(data) -> list[float]:
     return sorted({cfg["guidance"] for cfg, _ in cells(data) if cfg["guidance"] > 1.0}, reverse=True)
 
@@ -104,7 +109,7 @@ def bar2_every_task(data) -> list[str]:
                     continue
                 measured += 1
                 met += r["ok"]
-                rows.append(f"| {where} | {m} x{g:g} | {r['without']} | {r['with']} | {'-' if r['paired'] is None else '{:+.2f} +- {:.2f} dB'.format(*r['paired'][:2])} "
+                rows.append(f"| {where} | {m} x{g:g} | {r['without']} | {r['with']} | {show_paired(r['paired'])} "
                             f"| {'met' if r['ok'] else '**missed**'} |")
     if not rows:
         return []
@@ -140,7 +145,7 @@ def bars(data) -> list[str]:
                 continue
             lines.append(f"  - {m} x{g:g}: PSNR loss without DSG {r['without']}, with DSG {r['with']} "
                          f"-> {'met' if r['ok'] else '**missed**'}" + ("" if r["paired"] is None else
-                         "; paired difference {:+.2f} +- {:.2f} dB (s.e., {} images)".format(*r["paired"])))
+                         f"; paired difference {show_paired(r['paired'])} (s.e., {r['paired'][2]} images)"))
     out += ["2. At the large step size (x10), DiffStateGrad loses less PSNR than the method alone (box inpainting; the loss is against the same method at x1):",
             *lines, "", *bar2_every_task(data)]
     # 3. phase retrieval failure rate
