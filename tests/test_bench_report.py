@@ -93,3 +93,16 @@ def test_missing_results_file_is_a_usage_error(report, tmp_path, capsys):
         report.main([str(tmp_path / "nope.json")])
     assert e.value.code == 2
     assert "no such results file" in capsys.readouterr().err
+
+
+def test_a_method_that_does_not_support_a_task_is_no_cell_to_wait_for(report):
+    hdr = {}
+    cs = grid("hdr", hdr, "dps", [20], [20], [18], [19])
+    unsupported = [cell("hdr", hdr, "psld", d, g, [20], status="skipped")
+                   for d in (False, True) for g in (1.0, 10.0)]
+    table = "\n".join(report.bar2_every_task(data(*cs, *unsupported)))
+    assert "met in 1 of 1 measured" in table
+    assert "psld" not in table and "not measured yet" not in table
+    # while one of the method's cells has not run, the row waits for it
+    table = "\n".join(report.bar2_every_task(data(*cs[:3])))
+    assert "| hdr[] | dps x10 | - | - | - | not measured yet |" in table
