@@ -50,6 +50,8 @@ COMMON = [
         "--model", help="Model name from models.toml or a local diffusers directory (default: the method's GPU default).")]),
     P("models_file", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(
         "--models-file", help="Extra models.toml entries.")]),
+    P("prompt", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
+        "--prompt", help="Text prompt of a text-conditioned model (default: the model's default_prompt; \"\" for PSLD on Stable Diffusion, as its code).")]),
     P("measured", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
         "--measured", help="Inputs are already degraded (no reference metrics).")]),
     P("diffstategrad", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
@@ -319,6 +321,43 @@ def models_download(name: str, models_file: Annotated[Optional[Path], typer.Opti
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     out.print(f"{spec.name}: {path}", highlight=False)
+
+
+@models_app.command("convert")
+def models_convert(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="adm (a guided-diffusion .pt) or ldm (a CompVis LDM model.ckpt).")],
+    checkpoint: Annotated[Path, typer.Argument(help="The original checkpoint file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the diffusers model (must not exist).")],
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture: ffhq-256 or imagenet-256 (adm); ldm-ffhq-256 (ldm, default).")] = None,
+    ema: Annotated[bool, typer.Option("--ema", help="ldm: convert the EMA copy of the UNet (model_ema.*) instead of model.diffusion_model.*.")] = False,
+):
+    """Convert an original checkpoint you already have into a diffusers folder (safetensors) for --model DIR.
+
+    Example: [bold]restore models convert ldm ffhq/model.ckpt -o models/ldm-ffhq-256[/bold]
+    """
+    arches = {"adm": ("ffhq-256", "imagenet-256"), "ldm": ("ldm-ffhq-256",)}
+    if fmt not in arches:
+        raise typer.Exit(usage_error(f"FORMAT must be adm or ldm, got {fmt!r}"))
+    arch = arch or (None if fmt == "adm" else "ldm-ffhq-256")
+    if arch not in arches[fmt]:
+        raise typer.Exit(usage_error(f"--arch for {fmt} must be one of {', '.join(arches[fmt])}"))
+    if ema and fmt != "ldm":
+        raise typer.Exit(usage_error("--ema applies to ldm checkpoints only"))
+    if not checkpoint.is_file():
+        raise typer.Exit(usage_error(f"no such checkpoint file: {checkpoint}"))
+    if output.exists():
+        raise typer.Exit(usage_error(f"{output} already exists; choose a new folder (nothing is overwritten)"))
+    from .convert.checkpoint import sha256_file
+    from .hub import ModelUnavailable, convert_checkpoint
+
+    quiet_libraries()
+    record = {"model": str(output.resolve()), "source_file": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)}
+    try:
+        path = convert_checkpoint(fmt, checkpoint, arch, output.resolve(), record, ema=ema)
+    except ModelUnavailable as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"converted {checkpoint} ({arch}) -> {path}; use it as --model {path}", highlight=False)
 
 
 def main():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -13,7 +14,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KINDS = ("pixel", "latent")
-SOURCES = ("analytic", "hub", "bundled", "local")
+SOURCES = ("analytic", "hub", "url", "bundled", "local")
+FORMATS = ("diffusers", "adm", "ldm")  # adm/ldm: an original checkpoint, converted once into the cache
+
+
+def cache_dir() -> Path:
+    """restore's own cache (converted checkpoints, LPIPS backbones): ``$RESTORE_CACHE`` or ``~/.cache/restore``."""
+    import os
+
+    return Path(os.environ.get("RESTORE_CACHE", Path.home() / ".cache" / "restore"))
 
 
 class ConfigError(ValueError):
@@ -37,6 +46,11 @@ class ModelSpec:
     licence: str = ""
     path: str | None = None  # bundled / local models: a directory
     fitted_to: str | None = None  # analytic models: the data the Gaussian prior was fitted to (photos, fashion-mnist)
+    format: str = "diffusers"  # "adm" / "ldm": an original checkpoint converted once to diffusers (convert/)
+    filename: str | None = None  # adm/ldm: the checkpoint file in the Hub repo, or inside the zip at ``url``
+    url: str | None = None  # source = "url": where the file (a zip for CompVis's model zoo) is downloaded from
+    sha256: str | None = None  # the downloaded file's sha256; verified before the file is used
+    architecture: str | None = None  # adm/ldm: the committed config(s) data/architectures/<architecture>.*.json
 
     def record(self) -> dict:
         """What a run records about its model."""
@@ -80,6 +94,14 @@ def _parse(text: str, origin: str) -> tuple[dict[str, ModelSpec], dict[str, str]
             raise ConfigError(f"{origin}: [models.{name}] source must be one of {SOURCES}, got {spec.source!r}")
         if spec.source == "hub" and not spec.repo_id:
             raise ConfigError(f"{origin}: [models.{name}] needs repo_id for source = 'hub'")
+        if spec.source == "url" and not spec.url:
+            raise ConfigError(f"{origin}: [models.{name}] needs url for source = 'url'")
+        if spec.format not in FORMATS:
+            raise ConfigError(f"{origin}: [models.{name}] format must be one of {FORMATS}, got {spec.format!r}")
+        if spec.format != "diffusers" and not (spec.architecture and spec.filename):
+            raise ConfigError(f"{origin}: [models.{name}] format {spec.format!r} needs architecture and filename")
+        if spec.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", spec.sha256):
+            raise ConfigError(f"{origin}: [models.{name}] sha256 must be 64 lowercase hex digits")
         if spec.source == "bundled" and spec.path:
             base = Path(origin).parent if origin != "built-in" else Path(str(resources.files("restore_cli")))
             spec = ModelSpec(**{**spec.__dict__, "path": str((base / spec.path).resolve())})

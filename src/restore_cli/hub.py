@@ -10,10 +10,14 @@ model needs (configs, tokenizer files and weights, safetensors preferred:
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
+
 import torch
 
-from .config import ModelSpec
+from .config import ModelSpec, cache_dir
+from .convert.checkpoint import read_record
 
 
 class ModelUnavailable(RuntimeError):
@@ -54,6 +58,9 @@ def cached_path(spec: ModelSpec) -> Path | None:
 
 def availability(spec: ModelSpec) -> tuple[bool, str]:
     """Whether the model can be used right now without a network, and why."""
+    if spec.format != "diffusers":
+        p = find_converted(spec)
+        return (True, f"converted in the cache ({p})") if p else (False, "not downloaded")
     if spec.source == "analytic":
         return True, "built in (analytic)"
     if spec.source in ("bundled", "local"):
@@ -64,13 +71,24 @@ def availability(spec: ModelSpec) -> tuple[bool, str]:
 
 
 def how_to_get(spec: ModelSpec) -> str:
+    if spec.format != "diffusers":
+        where = spec.url if spec.source == "url" else f"{spec.repo_id}@{spec.revision}:{spec.filename}"
+        return (f"model {spec.name!r} ({where}) is not on this machine: run `restore models download {spec.name}` "
+                f"where there is a network, or convert a copy you have with `restore models convert {spec.format} "
+                f"FILE --arch {spec.architecture} -o DIR` and pass --model DIR")
     return (f"model {spec.name!r} ({spec.repo_id}@{spec.revision}) is not on this machine: run "
             f"`restore models download {spec.name}` where there is a network, fill the Hub cache (HF_HOME) from another "
             f"machine, or pass a local diffusers directory as --model PATH")
 
 
 def download(spec: ModelSpec, token: str | None = None, tqdm_class=None) -> Path:
-    """Download (or find in the cache) the files a Hub model needs; returns the snapshot directory."""
+    """Download (or find in the cache) the files a Hub model needs; returns the snapshot directory.
+
+    An original checkpoint (``format = "adm"`` or ``"ldm"``) is downloaded, verified and converted
+    once; the converted diffusers folder is returned.
+    """
+    if spec.format != "diffusers":
+        return ensure_converted(spec, token=token, tqdm_class=tqdm_class)
     if spec.source != "hub":
         ok, why = availability(spec)
         if not ok:
@@ -96,21 +114,26 @@ def download(spec: ModelSpec, token: str | None = None, tqdm_class=None) -> Path
 
 
 def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_download: bool = True,
-               tqdm_class=None, token: str | None = None, low_memory: bool = False):
-    """Build the prior of a model spec on ``device``."""
+               tqdm_class=None, token: str | None = None, low_memory: bool = False, prompt: str | None = None):
+    """Build the prior of a model spec on ``device`` (``prompt``: a text-conditioned model's; default its own)."""
     from .priors import DiffusionPrior, GaussianPrior, LatentDiffusionPrior
 
     if spec.source == "analytic":
         return GaussianPrior.fitted(spec.channels, fit=spec.fitted_to or "photos").to(device)
-    if spec.source == "hub":
+    components = spec.components
+    if spec.format != "diffusers":
+        root = ensure_converted(spec, token=token, tqdm_class=tqdm_class, allow_download=allow_download)
+        components = converted_components(spec)
+    elif spec.source == "hub":
         root = download(spec, token=token, tqdm_class=tqdm_class) if allow_download else cached_path(spec)
         if root is None:
             raise ModelUnavailable(how_to_get(spec))
     else:
         root = Path(spec.path)
     if spec.kind == "latent":
-        prior = LatentDiffusionPrior.from_pretrained(str(root), spec.components, spec.latent_scaling_factor,
-                                                     prompt=spec.default_prompt or "", name=spec.name)
+        prior = LatentDiffusionPrior.from_pretrained(str(root), components, spec.latent_scaling_factor,
+                                                     prompt=(spec.default_prompt or "") if prompt is None else prompt,
+                                                     name=spec.name)
         prior = prior.to(device)
         for net in (prior.unet, prior.ae, getattr(prior, "text_encoder", None)):
             if net is not None and dtype != torch.float32:
@@ -121,8 +144,8 @@ def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_
         if spec.resolution and spec.source == "bundled":  # trained at one size only: adapt images to it (--fit);
             prior.sample_size = spec.resolution  # Hub latent models (SD, LDM) take any size, latents follow the image
         return _record_revision(prior, spec, root)
-    unet_sub = spec.components.get("unet") or None
-    sched_sub = spec.components.get("scheduler") or None
+    unet_sub = components.get("unet") or None
+    sched_sub = components.get("scheduler") or None
     prior = DiffusionPrior.from_pretrained(str(root), subfolder=unet_sub, scheduler_subfolder=sched_sub,
                                            name=spec.name)
     prior = prior.to(device)
@@ -132,7 +155,192 @@ def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_
 
 
 def _record_revision(prior, spec: ModelSpec, root) -> object:
-    """The commit actually loaded: a Hub snapshot folder is named by its commit hash."""
+    """The commit actually loaded: a Hub snapshot folder is named by its commit hash; a converted
+    checkpoint records the commit (Hub) and the sha256 of the file it was converted from."""
     name = Path(root).name
     prior.resolved_revision = name if spec.source == "hub" and len(name) == 40 else spec.revision
+    rec = read_record(root) if spec.format != "diffusers" else None
+    if rec:
+        prior.resolved_revision = rec.get("resolved_revision") or spec.revision
+        prior.source_sha256 = rec.get("sha256")
     return prior
+
+
+# -- original checkpoints (ADM .pt on the Hub, CompVis LDM zips): downloaded, verified, converted once --------
+
+def converted_root() -> Path:
+    """Where converted checkpoints live: ``$RESTORE_CACHE/converted/<model>/<sha256[:16]>/``."""
+    return cache_dir() / "converted"
+
+
+def converted_components(spec: ModelSpec) -> dict:
+    comps = {"unet": "unet", "scheduler": "scheduler"}
+    if spec.format == "ldm":
+        comps["vqvae"] = "vqvae"
+    return comps
+
+
+def _matches(rec: dict, spec: ModelSpec) -> bool:
+    if rec.get("architecture") != spec.architecture or rec.get("format") != spec.format:
+        return False
+    if spec.sha256:
+        return rec.get("sha256") == spec.sha256
+    if spec.source == "url":
+        return rec.get("url") == spec.url and rec.get("filename") == spec.filename
+    return (rec.get("repo_id"), rec.get("filename"), rec.get("revision")) == (spec.repo_id, spec.filename, spec.revision)
+
+
+def find_converted(spec: ModelSpec) -> Path | None:
+    """The complete converted folder of ``spec`` in the cache, if any."""
+    base = converted_root() / spec.name
+    dirs = [base / spec.sha256[:16]] if spec.sha256 else sorted(base.glob("[0-9a-f]" * 16))
+    for d in dirs:
+        rec = read_record(d)
+        if rec is not None and _matches(rec, spec):
+            return d
+    return None
+
+
+def _check_sha(path: Path, actual: str, expected: str | None, what: str) -> None:
+    if expected and actual != expected:
+        raise ModelUnavailable(f"{what}: sha256 mismatch (got {actual[:16]}..., expected {expected[:16]}...); "
+                               f"the file was removed and not used")
+
+
+def _open_url(url: str):
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"User-Agent": "restore-cli"})
+    return urllib.request.urlopen(req, timeout=60)  # noqa: S310 - the registry's URL (http(s) or file)
+
+
+def _download_url(url: str, dest: Path, tqdm_class=None) -> str:
+    """Stream ``url`` to ``dest`` (a temporary name), checking its length; returns its sha256."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with _open_url(url) as r:
+        total = int(r.headers.get("Content-Length") or 0) or None
+        bar = tqdm_class(total=total, unit="B", unit_scale=True, desc=Path(url).name) if tqdm_class else None
+        n = 0
+        with open(dest, "wb") as f:
+            while block := r.read(1 << 22):
+                f.write(block)
+                h.update(block)
+                n += len(block)
+                if bar is not None:
+                    bar.update(len(block))
+        if bar is not None:
+            bar.close()
+    if total is not None and n != total:
+        raise ModelUnavailable(f"download of {url} is truncated ({n} of {total} bytes); nothing was kept")
+    return h.hexdigest()
+
+
+def _extract_member(zip_path: Path, filename: str, dest: Path) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            names = [n for n in z.namelist() if Path(n).name == filename]
+            if not names:
+                listing = ", ".join(z.namelist()[:5]) or "nothing"
+                raise ModelUnavailable(f"{zip_path.name} does not contain {filename} (it holds {listing})")
+            with z.open(names[0]) as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+    except zipfile.BadZipFile as e:
+        raise ModelUnavailable(f"{zip_path.name} is not a valid zip file ({e})") from None
+
+
+def _hub_expected_sha(spec: ModelSpec, token) -> tuple[str | None, str | None]:
+    """The sha256 the Hub records for the pinned file (an LFS file's etag) and the commit it resolves to."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    meta = get_hf_file_metadata(hf_hub_url(spec.repo_id, spec.filename, revision=spec.revision), token=token)
+    etag = (meta.etag or "").strip('"')
+    return (etag if len(etag) == 64 else None), meta.commit_hash
+
+
+def convert_checkpoint(spec_format: str, ckpt: Path, arch: str, dest: Path, record: dict, ema: bool = False) -> Path:
+    """Convert one original checkpoint file into ``dest`` (which must not exist)."""
+    from .convert import ConversionError
+    from .convert.checkpoint import convert_adm, convert_ldm, load_state_dict
+
+    try:
+        sd = load_state_dict(ckpt)
+        if spec_format == "adm":
+            return convert_adm(sd, arch, dest, record)
+        return convert_ldm(sd, arch, dest, record, ema=ema)
+    except ConversionError as e:
+        raise ModelUnavailable(str(e)) from None
+
+
+def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None, allow_download: bool = True) -> Path:
+    """The converted folder of an original checkpoint: from the cache, or downloaded, verified and converted."""
+    found = find_converted(spec)
+    if found is not None:
+        return found
+    if not allow_download:
+        raise ModelUnavailable(how_to_get(spec))
+    base = converted_root() / spec.name
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".download-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    record = {"model": spec.name, "format": spec.format, "architecture": spec.architecture, "filename": spec.filename}
+    try:
+        if spec.source == "url":
+            if _offline():
+                raise ModelUnavailable(how_to_get(spec) + " (HF_HUB_OFFLINE is set)")
+            part = tmp / "download"
+            try:
+                sha = _download_url(spec.url, part, tqdm_class)
+            except ModelUnavailable:
+                raise
+            except Exception as e:  # noqa: BLE001 - network, HTTP: one line
+                raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {e})") from None
+            _check_sha(part, sha, spec.sha256, spec.url)
+            record |= {"url": spec.url, "sha256": sha, "sha256_verified": bool(spec.sha256)}
+            if spec.url.lower().split("?")[0].endswith(".zip"):
+                ckpt = tmp / spec.filename
+                _extract_member(part, spec.filename, ckpt)
+                part.unlink()
+            else:
+                ckpt = part
+        else:
+            ckpt, sha, verified, commit = _hub_file(spec, token, tqdm_class)
+            record |= {"repo_id": spec.repo_id, "revision": spec.revision, "resolved_revision": commit,
+                       "sha256": sha, "sha256_verified": verified}
+        if not record["sha256_verified"]:
+            import sys
+
+            print(f"warning: {spec.name}: no sha256 to check the download against; recorded {sha}", file=sys.stderr)
+        return convert_checkpoint(spec.format, ckpt, spec.architecture, base / sha[:16], record)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hub_file(spec: ModelSpec, token, tqdm_class) -> tuple[Path, str, bool, str | None]:
+    """Download (or find in the Hub cache) a single checkpoint file and check its sha256."""
+    from huggingface_hub import hf_hub_download
+
+    from .convert.checkpoint import sha256_file
+
+    expected, commit = spec.sha256, None
+    try:
+        if not _offline():
+            hub_sha, commit = _hub_expected_sha(spec, token)
+            expected = expected or hub_sha
+        kwargs = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
+        path = Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision, token=token, **kwargs))
+    except Exception as e:  # noqa: BLE001 - network, auth, missing file: one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {first})") from None
+    sha = sha256_file(path)
+    if expected and sha != expected:
+        blob = path.resolve()
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        _check_sha(path, sha, expected, f"{spec.repo_id}/{spec.filename}")
+    if commit is None and len(path.parent.name) == 40:
+        commit = path.parent.name
+    return path, sha, bool(expected), commit

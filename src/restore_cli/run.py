@@ -37,6 +37,7 @@ class RunConfig:
     method: str = "dps"
     model: str | None = None
     models_file: Path | None = None
+    prompt: str | None = None
     output: Path = Path("restored")
     measured: bool = False
     diffstategrad: bool = False
@@ -72,6 +73,7 @@ class Plan:
     dtype: torch.dtype
     images: list[Path]
     restarts: int
+    prompt: str | None = None  # the text prompt a text-conditioned model runs with
 
 
 def resolve(cfg: RunConfig) -> Plan:
@@ -127,7 +129,22 @@ def resolve(cfg: RunConfig) -> Plan:
     if not images:
         raise UsageError("no input images found")
     # solver construction validates the hyperparameters' values against the task (cheap, no model)
-    return Plan(cfg, model, info, hp, dsg, device, dtype, images, restarts)
+    return Plan(cfg, model, info, hp, dsg, device, dtype, images, restarts, _prompt(cfg, model, info))
+
+
+def _prompt(cfg: RunConfig, model: ModelSpec, info: MethodInfo) -> str | None:
+    """``--prompt``, else the model's default; PSLD on Stable Diffusion uses the empty prompt (its code's)."""
+    text_conditioned = model.default_prompt is not None or any(
+        c in model.components for c in ("text_encoder", "class_prompts"))
+    if cfg.prompt is not None:
+        if not text_conditioned:
+            raise UsageError(f"--prompt: model {model.name!r} is not text-conditioned")
+        return cfg.prompt
+    if not text_conditioned:
+        return None
+    if info.name == "psld" and "text_encoder" in model.components:
+        return ""
+    return model.default_prompt or ""
 
 
 def _stems(images: list[Path]) -> list[str]:
@@ -188,7 +205,7 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
             "method": {"name": plan.method.name, "hyperparameters": None,
                        "diffstategrad": plan.dsg.params() if plan.dsg else None},
             "restarts": {"count": plan.restarts, "rule": "min_measurement_residual" if cfg.restart_rule == "residual" else "oracle_max_psnr"},
-            "model": plan.model.record(),
+            "model": {**plan.model.record(), "prompt": plan.prompt},
             "seed": cfg.seed, "device": str(plan.device), "dtype": cfg.dtype, "batch_size": cfg.batch_size,
             "fit": cfg.fit, "low_memory": cfg.low_memory, "lpips": {"net": cfg.lpips_net, "available": None, "source": None},
         },
@@ -218,13 +235,16 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
 
     emit("model", {"name": plan.model.name})
     try:
-        prior = load_prior(plan.model, plan.device, plan.dtype, tqdm_class=tqdm_class, low_memory=cfg.low_memory)
+        prior = load_prior(plan.model, plan.device, plan.dtype, tqdm_class=tqdm_class, low_memory=cfg.low_memory,
+                           prompt=plan.prompt)
     except ModelUnavailable:
         raise  # already one clear line
     except Exception as e:  # noqa: BLE001 - a broken model directory or file: one line, exit 1
         raise ModelUnavailable(f"could not load model {plan.model.name!r}: {type(e).__name__}: {e}") from e
     data["config"]["model"]["loaded_as"] = prior.info()
     data["config"]["model"]["resolved_revision"] = getattr(prior, "resolved_revision", None)
+    if getattr(prior, "source_sha256", None):  # a converted original checkpoint: the file it came from
+        data["config"]["model"]["source_sha256"] = prior.source_sha256
     ok, where = lpips_status(cfg.lpips_net)
     lp = None
     if ok and not cfg.measured:

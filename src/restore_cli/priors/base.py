@@ -106,6 +106,12 @@ class Prior(nn.Module):
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    learns_variance = False
+
+    def denoise_with_variance(self, x: torch.Tensor, sigma, **cond):
+        """``(E[x0 | x], v)`` where ``v`` is a learned-range variance output (None for priors without one)."""
+        return self.denoise(x, sigma, **cond), None
+
     def model_shape(self, image_shape) -> tuple[int, ...]:
         """Shape (without batch) of the model-space tensor for images of ``(C, H, W)``."""
         return tuple(image_shape)

@@ -10,16 +10,21 @@ variance-exploding noise level ``sigma`` is
     sample : x0 = x0_theta(x_vp, t)                                     (sample)
 
 with ``a = alpha_bar_t = 1 / (1 + sigma^2)``.  Models that also predict a
-variance (``2C`` output channels, as the DPS FFHQ/ImageNet checkpoints) use
-the first ``C`` channels.  ``clip`` clamps ``x0`` to ``[-1, 1]`` as the DPS
-code's ``clip_denoised=True`` does.
+variance (``2C`` output channels: the ADM checkpoints of DPS, DAPS and
+DiffStateGrad, ``ffhq-256`` and ``imagenet-256``) give the mean from the first
+``C`` channels; the other ``C`` are guided-diffusion's learned-range
+interpolation ``v`` in ``[-1, 1]`` (Nichol & Dhariwal 2021, Eq. 15):
+``log var = (v + 1)/2 log beta_t + (1 - v)/2 log beta_tilde_t``, which
+:meth:`DiffusionPrior.denoise_with_variance` returns for the ancestral step
+(``solvers.base.learned_noise_std``).  ``clip`` clamps ``x0`` to ``[-1, 1]``
+as the DPS code's ``clip_denoised=True`` does.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import Prior, Schedule, vp_scale
+from .base import Prior, Schedule, as_batch_sigma, vp_scale
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -36,6 +41,7 @@ class DiffusionPrior(Prior):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}; expected one of {PREDICTION_TYPES}")
         self.clip = clip
         self.sample_size = unet.config.sample_size
+        self.learns_variance = unet.config.out_channels == 2 * unet.config.in_channels
         if name:
             self.name = name
 
@@ -55,21 +61,30 @@ class DiffusionPrior(Prior):
         return cls(unet, sched_cfg, clip=clip, name=name or str(source))
 
     def _denoise(self, x, sigma):
+        return self._forward(x, sigma)[0]
+
+    def denoise_with_variance(self, x, sigma):
+        """``(x0, v)``: the Tweedie estimate and, for a learned-range model, its variance output ``v``."""
+        self.nfe += 1
+        return self._forward(x, as_batch_sigma(sigma, x))
+
+    def _forward(self, x, sigma):
         p = next(self.unet.parameters())
         t = self.schedule.sigma_to_t(sigma.reshape(-1).detach().cpu()).to(device=x.device, dtype=torch.float32)
         a_sqrt = vp_scale(sigma)
         out = self.unet((x * a_sqrt).to(p.dtype), t).sample.to(x.dtype)
         c = x.shape[1]
-        if out.shape[1] == 2 * c:  # learned variance: keep the mean prediction
-            out = out[:, :c]
+        var = None
+        if out.shape[1] == 2 * c:  # learned range: mean prediction, then the variance interpolation v
+            out, var = out[:, :c], out[:, c:]
         if self.prediction_type == "epsilon":
             x0 = x - sigma * out
         elif self.prediction_type == "v_prediction":
             x0 = a_sqrt * (x * a_sqrt) - (1 - a_sqrt**2).sqrt() * out
         else:
             x0 = out
-        return x0.clamp(-1, 1) if self.clip else x0
+        return (x0.clamp(-1, 1) if self.clip else x0), var
 
     def info(self):
         return {**super().info(), "prediction_type": self.prediction_type, "clip": self.clip,
-                "num_train_timesteps": self.schedule.num_train_timesteps}
+                "num_train_timesteps": self.schedule.num_train_timesteps, "learned_variance": self.learns_variance}

@@ -47,8 +47,24 @@ def per_image_sq_norm(v: torch.Tensor) -> torch.Tensor:
     return v.flatten(1).pow(2).sum(1)
 
 
+def learned_noise_std(v: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """The ancestral step's noise std (VE units) from a learned-range variance output ``v`` in ``[-1, 1]``.
+
+    guided-diffusion (``p_mean_variance``, learned_range): ``log var = f log beta_t + (1 - f) log beta_tilde_t``
+    with ``f = (v + 1) / 2``, for the step's own ``beta_t = 1 - alpha_bar_t / alpha_bar_next`` (respaced
+    when the grid skips timesteps) and ``beta_tilde_t = beta_t (1 - alpha_bar_next) / (1 - alpha_bar_t)``.
+    A VP variance is a VE variance times ``alpha_bar_next = 1 / (1 + sigma_next^2)``.
+    """
+    a_t, a_n = 1.0 / (1.0 + sigma**2), 1.0 / (1.0 + sigma_next**2)
+    beta = 1.0 - a_t / a_n
+    beta_tilde = beta * (1.0 - a_n) / (1.0 - a_t)
+    f = (v.clamp(-1, 1) + 1) / 2
+    log_var = f * math.log(beta) + (1 - f) * math.log(beta_tilde)
+    return (0.5 * log_var).exp() * math.sqrt(1.0 + sigma_next**2)
+
+
 def ancestral_step(x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: float, noise: torch.Tensor | None,
-                   eta: float = 1.0) -> torch.Tensor:
+                   eta: float = 1.0, noise_std: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM step from ``sigma`` to ``sigma_next`` with stochasticity ``eta`` (VE form).
 
     ``eta = 1`` is DDPM's ancestral step, the Gaussian posterior
@@ -56,9 +72,14 @@ def ancestral_step(x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: 
     variance ``sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2``.  ``eta = 0``
     is deterministic DDIM.  (In VP units these are DDPM's ``mu_tilde``,
     ``beta_tilde`` and DDIM's ``sigma_t(eta)``, divided by ``sqrt(alpha_bar)``.)
+    ``noise_std`` (with ``eta = 1``) replaces ``beta_tilde``'s std by a learned one around the same mean,
+    as guided-diffusion's ``p_sample`` does for a learned-range model.
     """
     if sigma_next <= 0:
         return x0
+    if noise_std is not None:
+        mean = x0 + (sigma_next**2 / sigma**2) * (x - x0)
+        return mean + noise_std * noise
     up = eta * sigma_next * math.sqrt(max(sigma**2 - sigma_next**2, 0.0)) / sigma
     down = math.sqrt(max(sigma_next**2 - up**2, 0.0))
     eps = (x - x0) / sigma
@@ -147,11 +168,13 @@ class Solver:
         return self.op.residual_scale * (y - self.op.A(self.prior.decode(x0)))
 
     def ddim_next(self, x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: float, gens: Generators,
-                  eta: float = 1.0) -> torch.Tensor:
-        """The unconditional step ``x'_next`` (DDPM ancestral for ``eta = 1``), noise from the images' generators."""
+                  eta: float = 1.0, var: torch.Tensor | None = None) -> torch.Tensor:
+        """The unconditional step ``x'_next`` (DDPM ancestral for ``eta = 1``), noise from the images' generators;
+        ``var``: a learned-range variance output, used for the noise of a DDPM step (``eta = 1``)."""
         x0 = x0.detach()
         noise = randn_like(x0, gens) if sigma_next > 0 and eta > 0 else None
-        return ancestral_step(x.detach(), x0, sigma, sigma_next, noise, eta)
+        std = learned_noise_std(var.detach(), sigma, sigma_next) if var is not None and eta == 1 and sigma_next > 0 else None
+        return ancestral_step(x.detach(), x0, sigma, sigma_next, noise, eta, noise_std=std)
 
     def grad(self, out: torch.Tensor, wrt: torch.Tensor, grad_outputs=None) -> torch.Tensor:
         self.n_backward += 1
@@ -184,4 +207,4 @@ class Solver:
                 "diffstategrad": None if self.dsg is None else self.dsg.params()}
 
 
-__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "per_image_sq_norm"]
+__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "learned_noise_std", "per_image_sq_norm"]

@@ -19,6 +19,13 @@ state; in our VE state ``x = x_vp / sqrt(alpha_bar)`` the same update reads
 The code takes one norm over the whole batch, which couples the images; we sum
 per-image norms, so every image gets the gradient it would get alone.
 
+The ancestral step's noise: on a model with a learned-range variance (the ADM
+checkpoints ``ffhq-256``/``imagenet-256`` the DPS code runs), the code samples
+``x'_{t-1}`` with the model's learned variance (``p_sample`` with
+``model_var_type: learned_range``), and so do we by default
+(``learned_variance = true``); ``--set learned_variance=false`` uses DDPM's
+``beta_tilde`` instead (what a model without variance output always gets).
+
 On a latent prior this is Latent DPS (P2L Eq. 6; PLoRG Sec. 2): the same step through the
 decoder, with P2L App. D.3's settings, DDIM with ``eta = 0`` over 1000 steps and ``zeta``
 (their ``rho``) = 1 for every task.
@@ -39,7 +46,7 @@ from .projection import projector
 class DPS(Solver):
     name = "dps"
     paper = "Chung et al. 2023, Diffusion Posterior Sampling for General Noisy Inverse Problems"
-    defaults = {"steps": 1000, "zeta": 0.3, "eta": 1.0}
+    defaults = {"steps": 1000, "zeta": 0.3, "eta": 1.0, "learned_variance": True}
     guidance_keys = ("zeta",)
     # Latent DPS (P2L Eq. 6 and App. D.3): 1000 DDIM steps with eta = 0 and a static step rho = 1
     latent_defaults = {"zeta": 1.0, "eta": 0.0}
@@ -51,10 +58,13 @@ class DPS(Solver):
 
     def step(self, i, x, y, sigma, sigma_next, gens):
         x = x.detach().requires_grad_(True)
-        x0 = self.prior.denoise(x, sigma)
+        if self.hp["learned_variance"]:
+            x0, var = self.prior.denoise_with_variance(x, sigma)
+        else:
+            x0, var = self.prior.denoise(x, sigma), None
         norm = self.residual(x0, y).flatten(1).norm(dim=1).sum()  # sum of per-image norms
         g = self.grad(norm, x)
-        x_next = self.ddim_next(x, x0, sigma, sigma_next, gens, eta=self.hp["eta"])  # x'_{t-1}: DDPM step if eta = 1
+        x_next = self.ddim_next(x, x0, sigma, sigma_next, gens, eta=self.hp["eta"], var=var)  # x'_{t-1}: DDPM if eta = 1
         proj = projector(self.dsg, x_next)
         weight = self.hp["zeta"] * math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
         return x_next - weight * proj(g, i), x0.detach()
