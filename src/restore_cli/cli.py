@@ -335,7 +335,8 @@ def models_convert(
 
     Example: [bold]restore models convert ldm ffhq/model.ckpt -o models/ldm-ffhq-256[/bold]
     """
-    arches = {"adm": ("ffhq-256", "imagenet-256"), "ldm": ("ldm-ffhq-256",)}
+    from .convert.checkpoint import ARCHITECTURES as arches
+
     if fmt not in arches:
         raise typer.Exit(usage_error(f"FORMAT must be adm or ldm, got {fmt!r}"))
     arch = arch or (None if fmt == "adm" else "ldm-ffhq-256")

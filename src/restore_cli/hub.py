@@ -317,6 +317,8 @@ def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None,
         return convert_checkpoint(spec.format, ckpt, spec.architecture, base / sha[:16], record)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if base.is_dir() and not any(base.iterdir()):
+            base.rmdir()
 
 
 def _hub_file(spec: ModelSpec, token, tqdm_class) -> tuple[Path, str, bool, str | None]:

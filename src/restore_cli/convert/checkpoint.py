@@ -33,6 +33,7 @@ ADM_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "b
 LDM_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
                  "beta_start": 0.0015, "beta_end": 0.0195, "variance_type": "fixed_small", "clip_sample": False,
                  "prediction_type": "epsilon"}
+ARCHITECTURES = {"adm": ["ffhq-256", "imagenet-256"], "ldm": ["ldm-ffhq-256"]}  # what each format converts to
 SOURCE_RECORD = "restore-source.json"  # written last: a folder without it is incomplete
 
 
@@ -72,6 +73,9 @@ def load_state_dict(path: Path) -> dict:
             break
         except Exception as e:  # noqa: BLE001 - an unknown global gets a stand-in; anything else is one line
             m = re.search(r"GLOBAL ([\w.]+)", str(e))
+            if m is not None and "is blocked" in str(e):
+                raise ConversionError(f"{path.name}: refused: the checkpoint asks to call {m.group(1)} "
+                                      f"(nothing was run; a weights file needs no code)") from None
             if m is None or any(f"{c.__module__}.{c.__qualname__}" == m.group(1) for c in stand_ins):
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ConversionError(f"{path.name}: not a readable PyTorch checkpoint ({first[:200]})") from None
