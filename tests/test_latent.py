@@ -226,3 +226,35 @@ def test_psld_uses_the_official_weights_per_model_family(latent_models):
     assert (PSLD(sd, box).hp["omega"], PSLD(sd, box).hp["gamma"]) == (0.1, 0.01)  # Stable Diffusion scripts
     assert (PSLD(sd, sr).hp["omega"], PSLD(sd, sr).hp["gamma"]) == (1.0, 0.1)
     assert PSLD(sd, box, omega=0.5).hp["omega"] == 0.5  # --set wins
+
+
+def test_prompt_option_and_psld_empty_prompt_on_text_models(latent_models, photo, tmp_path):
+    """--prompt reaches a text-conditioned model and is recorded; PSLD on a model with a text encoder uses the
+    empty prompt (PSLD's Stable Diffusion script) unless told otherwise; an unconditional model refuses --prompt."""
+    def run(*args):
+        return CliRunner().invoke(app, ["inpaint", str(photo), *map(str, args), "--steps", "2", "--device", "cpu", "-q"])
+
+    for method, prompt, expected in (("latent-dps", None, ""), ("latent-dps", "a photo of a face", "a photo of a face"),
+                                     ("psld", None, ""), ("psld", "a face", "a face")):
+        out = tmp_path / f"{method}-{prompt}"
+        extra = ["--prompt", prompt] if prompt is not None else []
+        r = run("--model", latent_models["kl-text"], "--method", method, *extra, "-o", out)
+        assert r.exit_code == 0, r.output
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["config"]["model"]["prompt"] == expected
+    r = run("--model", latent_models["vq"], "--method", "latent-dps", "--prompt", "a face", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "not text-conditioned" in r.output
+
+
+def test_the_papers_models_are_the_defaults(photo, tmp_path):
+    """Without --model, pixel methods run ffhq-256 and latent methods ldm-ffhq-256; offline and not converted
+    yet, each ends in one line naming the command that gets it."""
+    from restore_cli.config import load_registry
+
+    reg = load_registry()
+    assert reg.defaults["pixel"] == "ffhq-256" and reg.defaults["latent"] == "ldm-ffhq-256"
+    assert reg.models["ffhq-256"].format == "adm" and reg.models["ldm-ffhq-256"].format == "ldm"
+    for method, model in (("dps", "ffhq-256"), ("resample", "ldm-ffhq-256"), ("p2l", "ldm-ffhq-256")):
+        r = CliRunner().invoke(app, ["inpaint", str(photo), "--method", method, "-o", str(tmp_path / method)],
+                               env={"RESTORE_CACHE": str(tmp_path / "empty-cache")})
+        assert r.exit_code == 1 and f"restore models download {model}" in r.output and "Traceback" not in r.output
