@@ -328,3 +328,33 @@ def test_converted_schedules_are_the_original_configs():
     assert np.allclose(ldm.alphas_cumprod.numpy(), np.cumprod(1 - betas), rtol=1e-5)
     adm = Schedule.from_scheduler_config(ckpt_mod.ADM_SCHEDULER)
     assert np.allclose(adm.alphas_cumprod.numpy(), np.cumprod(1 - gd.gd.get_named_beta_schedule("linear", 1000)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("hub_sha_ok", [True, False])
+def test_unpinned_hub_file_is_checked_against_the_hubs_own_sha256(tiny, monkeypatch, hub_sha_ok):
+    """Online, with no sha256 pinned: the Hub's LFS sha256 of the file at the pinned revision is the reference,
+    and the resolved commit is recorded (the network calls are stood in for)."""
+    import types
+
+    import huggingface_hub
+
+    from restore_cli.convert.checkpoint import sha256_file
+
+    f = tiny / "dl" / "diffusion_ffhq_10m.pt"
+    f.parent.mkdir()
+    torch.save(adm_state_dict(), f)
+    good, commit = sha256_file(f), "3" * 40
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, token=None: types.SimpleNamespace(
+        etag=f'"{good if hub_sha_ok else "a" * 64}"', commit_hash=commit))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(f))
+    mf = tiny / "adm.toml"
+    mf.write_text('[models.tiny-adm]\nkind = "pixel"\nsource = "hub"\nformat = "adm"\nrepo_id = "restore-tests/adm"\n'
+                  'revision = "main"\nfilename = "diffusion_ffhq_10m.pt"\narchitecture = "tiny-adm"\nresolution = 32\n')
+    r = runner.invoke(app, ["models", "download", "tiny-adm", "--models-file", str(mf)])
+    if hub_sha_ok:
+        assert r.exit_code == 0, r.output
+        rec = json.loads(next((tiny / "cache" / "converted" / "tiny-adm").glob("*/restore-source.json")).read_text())
+        assert rec["sha256"] == good and rec["sha256_verified"] and rec["resolved_revision"] == commit
+    else:
+        assert r.exit_code == 1 and "sha256 mismatch" in one_line_error(r)
+        assert not f.exists() and cache_leftovers(tiny) == []
