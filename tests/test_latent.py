@@ -258,3 +258,81 @@ def test_the_papers_models_are_the_defaults(photo, tmp_path):
         r = CliRunner().invoke(app, ["inpaint", str(photo), "--method", method, "-o", str(tmp_path / method)],
                                env={"RESTORE_CACHE": str(tmp_path / "empty-cache")})
         assert r.exit_code == 1 and f"restore models download {model}" in r.output and "Traceback" not in r.output
+
+
+def test_resample_reference_tweedie_only_guides():
+    """tweedie=reference uses the code's pseudo_x0 only for the guidance (DPS nudge, look-ahead estimate,
+    optimiser start): with the guidance off it is the same DDIM sampler as the paper mode, bit for bit (it
+    used to replace x0 in the DDIM step itself and left noise in every output); with guidance on, it differs."""
+    prior, op, truth, y = oracle_task("box", latent=True)
+    off = dict(steps=40, dps_scale=0.0, every=10**6, latent_iters=0)
+    outs = {}
+    for mode in ("paper", "reference"):
+        outs[mode] = ReSample(prior, op, tweedie=mode, **off).run(y, make_generators(5, y.shape[0])).model
+    assert torch.equal(outs["paper"], outs["reference"])
+    on = dict(steps=40, every=4, lookahead=2, pixel_iters=5, latent_iters=5)
+    guided = {m: ReSample(prior, op, tweedie=m, **on).run(y, make_generators(5, y.shape[0])).model for m in ("paper", "reference")}
+    assert not torch.allclose(guided["paper"], guided["reference"])
+
+
+@pytest.mark.parametrize("glue,least,most", [("code", 0.6, 1.0), ("adjoint", 0.0, 0.3)])
+def test_psld_gluing_uses_the_codes_transpose_for_superres(glue, least, most):
+    """The glued image A^T y + (I - A^T A) x: with the PSLD code's "transpose" (nearest upsampling) it removes
+    most of the measurement residual of x on bicubic x4 super-resolution; with the exact adjoint of the
+    row-normalised bicubic filter hardly any (which made PSLD GML-DPS in effect)."""
+    from restore_cli import ops
+
+    prior, _, _, _ = oracle_task("box", latent=True)
+    g = torch.Generator().manual_seed(0)
+    truth = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=32, mode="bicubic").clamp(0, 1)
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=32, mode="bicubic").clamp(0, 1)
+    op = ops.SuperResolution((3, 32, 32), 4, "bicubic", 0.0)
+    y = op.A(truth)
+    psld = PSLD(prior, op, glue=glue)
+    removed = 1 - (y - op.A(psld.glue(x, y))).norm() / (y - op.A(x)).norm()
+    assert least <= float(removed) <= most, float(removed)
+    deblur = ops.Blur(ops.gaussian_kernel(9, 2.0), (3, 32, 32), 0.0)
+    assert torch.allclose(PSLD(prior, deblur).transpose(y), y)  # the code's identity for deblurring
+
+
+def test_kl_encoder_sample_for_psld(latent_models):
+    """PSLD/GML-DPS encode by sampling the KL posterior (PSLD's get_first_stage_encoding), per image with its own
+    generator: the sample's deviation from the mean has the encoder's std; VQ stays deterministic."""
+    from restore_cli.config import local_model
+    from restore_cli.hub import load_prior
+
+    p = load_prior(local_model(latent_models["kl"]), torch.device("cpu"), torch.float32)
+    img = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    mean = p.encode(img)
+    a, b = p.encode(img, gens=make_generators(1, 2)), p.encode(img, gens=make_generators(1, 2))
+    assert torch.equal(a, b) and not torch.allclose(a, mean)
+    x = img[:1] * 2 - 1
+    std = p.ae.encode(x).latent_dist.std * p.scaling_factor
+    many = torch.stack([p.encode(img[:1], gens=make_generators(s, 1)) for s in range(200)])
+    assert torch.allclose((many - mean[:1]).std(0), std, rtol=0.25)
+    assert GMLDPS.defaults["encode"] == "sample" and PSLD.defaults["encode"] == "sample"
+    vq = load_prior(local_model(latent_models["vq"]), torch.device("cpu"), torch.float32)
+    assert torch.equal(vq.encode(img, gens=make_generators(1, 2)), vq.encode(img))
+
+
+def test_p2l_prompt_adam_starts_afresh_at_every_step(latent_models):
+    """Algorithm 2 (OPTIMIZEEMB) runs a fresh Adam at every t: the first Adam step of every call moves each
+    coordinate of the embedding by about the learning rate (bias-corrected m/sqrt(v) = sign(g)); with moments
+    carried over from the previous call it would not."""
+    from restore_cli.config import local_model
+    from restore_cli.hub import load_prior
+    from restore_cli.ops import Inpainting, box_mask
+    from restore_cli.solvers import P2L
+
+    p = load_prior(local_model(latent_models["kl-text"]), torch.device("cpu"), torch.float32)
+    op = Inpainting(box_mask(16, 16, make_generators(0, 1)), 3, kind="box")
+    y = op(torch.rand(1, 3, 16, 16), make_generators(1, 1))
+    s = P2L(p, op, steps=4, prompt_steps=1, prompt_lr=1e-3)
+    s.emb = p.cond.clone()
+    z = torch.randn(1, *p.model_shape((3, 16, 16)))
+    for sigma in (10.0, 1.0, 0.3):
+        before = s.emb.clone()
+        s.tune_prompt(z * sigma, sigma, y)
+        step = (s.emb - before).abs()
+        moved = step[step > 0]
+        assert moved.numel() > 0 and torch.allclose(moved, torch.full_like(moved, 1e-3), rtol=0.05)

@@ -101,3 +101,28 @@ def test_solvers_run_on_a_diffusers_unet_prior():
         r = cls(prior, op, DiffStateGrad(), **FAST[cls]).run(y, make_generators(2, 2))
         assert r.images.shape == x.shape and torch.isfinite(r.images).all()
         assert r.nfe > 0 and r.n_backward > 0
+
+
+def test_dps_phase_retrieval_residual_is_in_the_dps_codes_units():
+    """DPS's code measures |FFT(pad(x))| of [-1, 1] images; restore's operator is DAPS's, on [0, 1] images.
+    DPS's residual is doubled on phase retrieval so that its zeta means the code's step: the code's
+    residual norm for the same pair of images is within a few percent of the doubled one."""
+    import torch.nn.functional as F
+
+    from restore_cli import ops
+    from restore_cli.priors import GaussianPrior
+    from restore_cli.solvers import DPS
+
+    op = ops.PhaseRetrieval((3, 32, 32), 2.0, 0.0)
+    prior = GaussianPrior.fitted(3)
+    g = torch.Generator().manual_seed(1)
+    a, b = (F.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=32, mode="bicubic").clamp(0, 1) for _ in range(2))
+    y = op.A(a)
+    ours = DPS(prior, op).residual(b * 2 - 1, y).norm()  # the prior's model space is [-1, 1]
+    assert torch.allclose(ours, 2 * op.residual_scale * (y - op.A(b)).norm())
+
+    def code_op(x):  # the DPS code's PhaseRetrievalOperator on [-1, 1] images
+        return torch.fft.fft2(F.pad(x * 2 - 1, (op.pad_w,) * 2 + (op.pad_h,) * 2), norm="ortho").abs()
+
+    code = (code_op(a) - code_op(b)).norm()
+    assert 0.8 < float(ours / code) < 1.25, float(ours / code)

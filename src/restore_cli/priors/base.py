@@ -120,7 +120,8 @@ class Prior(nn.Module):
         """Model space -> images in ``[0, 1]`` (pixel priors: ``[-1, 1]`` -> ``[0, 1]``)."""
         return (x + 1) / 2
 
-    def encode(self, img: torch.Tensor) -> torch.Tensor:
+    def encode(self, img: torch.Tensor, gens=None) -> torch.Tensor:
+        """Images in ``[0, 1]`` -> model space; ``gens``: sample a stochastic encoder (KL) instead of its mean."""
         return img * 2 - 1
 
     def info(self) -> dict:

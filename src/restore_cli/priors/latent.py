@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..rng import randn_like
 from .base import Prior, Schedule, vp_scale
 from .gaussian import GaussianPrior
 
@@ -115,7 +116,10 @@ class LatentDiffusionPrior(Prior):
             img = F.pad(img, (0, pw, 0, ph), mode=mode)
         return img
 
-    def encode(self, img: torch.Tensor) -> torch.Tensor:
+    def encode(self, img: torch.Tensor, gens=None) -> torch.Tensor:
+        """The latent of images in ``[0, 1]``: VQ's pre-quantisation latent, KL's posterior mean, or with
+        ``gens`` (one generator per image) a sample of the KL posterior, as LDM's
+        ``get_first_stage_encoding`` draws it (PSLD's code)."""
         self.n_encode += 1
         self._image_hw = tuple(img.shape[-2:])
         x = self._pad(img) * 2 - 1
@@ -123,7 +127,8 @@ class LatentDiffusionPrior(Prior):
         if self.is_vq:
             z = self.ae.encode(x.to(p.dtype)).latents
         else:
-            z = self.ae.encode(x.to(p.dtype)).latent_dist.mean
+            dist = self.ae.encode(x.to(p.dtype)).latent_dist
+            z = dist.mean if gens is None else dist.mean + dist.std * randn_like(dist.mean, gens)
         return z.to(img.dtype) * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -282,7 +287,7 @@ class LinearLatentPrior(Prior):
     def decode(self, z):
         return (self._to_x(z) + 1) / 2
 
-    def encode(self, img):
+    def encode(self, img, gens=None):
         return self._to_z(img * 2 - 1)
 
     def sample(self, gens):

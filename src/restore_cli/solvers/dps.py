@@ -13,7 +13,13 @@ rule:
 ``zeta`` defaults are the code's: 0.3 for super-resolution and deblurring, 0.5
 for inpainting, 1.0 for phase retrieval (0.3 for HDR, which DPS does not
 study).  The residual is measured in the code's ``[-1, 1]`` units
-(``Operator.residual_scale``).  The code's gradient is taken w.r.t. the VP
+(``Operator.residual_scale``).  Phase retrieval is the exception: restore's
+operator is DAPS's, ``|FFT|`` of the ``[0, 1]`` image (``residual_scale`` 1),
+while the DPS code takes ``|FFT|`` of the ``[-1, 1]`` image, whose residuals are
+about twice as large (exactly twice but for the DC box of the offset); on a
+pixel prior DPS doubles that residual so that ``zeta = 1`` is the step the DPS
+code took (``tests/test_solvers.py`` checks the factor against the code's
+operator).  The code's gradient is taken w.r.t. the VP
 state; in our VE state ``x = x_vp / sqrt(alpha_bar)`` the same update reads
 ``x_{t-1} -= zeta * sqrt((1 + sigma_t^2)(1 + sigma_{t-1}^2)) * grad_x ||r||``.
 The code takes one norm over the whole batch, which couples the images; we sum
@@ -55,6 +61,12 @@ class DPS(Solver):
 
     def sigmas(self):
         return self.prior.schedule.ddim_sigmas(int(self.hp["steps"]))
+
+    def residual(self, x0, y):
+        r = super().residual(x0, y)
+        if self.op.name == "phase_retrieval" and self.prior.space == "pixel":
+            return 2 * r  # the DPS code's |FFT| of [-1, 1] images (see the module docstring)
+        return r
 
     def step(self, i, x, y, sigma, sigma_next, gens):
         x = x.detach().requires_grad_(True)

@@ -7,7 +7,10 @@ Algorithm 1 over DDIM (eta = 0, ``steps`` = 1000), per step ``t = T .. 1``:
   ``z0'(C) = z0_hat(z_t, C) - prompt_rho grad_{z0} ||y - A D(z0_hat)||`` (Alg. 2 line 5, a DDS step;
   App. D: "a static step size rho = 1.0 with the gradient of the norm"; the gradient is held fixed
   while differentiating w.r.t. ``C``, a first-order choice of ours); the tuned ``C*`` starts the next
-  step (line 13).  On an unconditional model this step is skipped (the paper's "LDPS + projection");
+  step (line 13).  Each call of OPTIMIZEEMB runs a fresh Adam (zero moments, bias correction from
+  step 1): Algorithm 2 is a function of ``(z_t, y, C_t^(0), K)`` alone and only ``C`` is passed on
+  (line 13), and App. D runs Adam "with the learning rate and the number of iterations as denoted
+  in Table 6 for every t".  On an unconditional model this step is skipped (the paper's "LDPS + projection");
 * lines 3-4: ``eps_hat = eps(z_t, C*)``, Tweedie ``z0_hat`` (Eq. 14);
 * lines 5-7, when ``t mod every = 0``: the projection onto the encoder's range (Sec. 3.3): the
   proximal pixel step ``x0 = argmin ||y - A x||^2 + lam ||x - D(z0_hat)||^2`` (Eq. 19, solved by CG
@@ -101,7 +104,6 @@ class P2L(Solver):
         self._sig = [float(v) for v in self.sigmas()]
         cond = getattr(self.prior, "conditional", False)
         self.emb = self.prior.cond.expand(y.shape[0], -1, -1).clone() if cond else None
-        self.emb_opt = MaskedAdamW(self.emb, self.hp["prompt_lr"], weight_decay=0.0) if cond else None
         self.adam = None  # Algorithm 3's moments, created at the first step (m_T = v_T = 0)
         return super().run(y, gens, callback)
 
@@ -111,6 +113,7 @@ class P2L(Solver):
     def tune_prompt(self, z, sigma, y):
         """Algorithm 2: K Adam steps on the prompt embedding (per image)."""
         active = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+        opt = MaskedAdamW(self.emb, self.hp["prompt_lr"], weight_decay=0.0)  # fresh moments at every t
         for _ in range(int(self.hp["prompt_steps"])):
             emb = self.emb.detach().requires_grad_(True)
             z0 = self.prior.denoise(z.detach(), sigma, cond=emb)
@@ -119,8 +122,8 @@ class P2L(Solver):
             z0_dds = z0 - self.hp["prompt_rho"] * g
             loss = self.norm(z0_dds, y).pow(2).sum()  # line 6
             g_emb = self.grad(loss, emb)
-            self.emb_opt.p = self.emb
-            self.emb_opt.step(g_emb, active)
+            opt.p = self.emb
+            opt.step(g_emb, active)
 
     def project(self, z0, y):
         """Eq. 19-20: proximal pixel step by CG, then re-encode."""

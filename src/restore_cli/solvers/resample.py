@@ -38,8 +38,12 @@ projected (Algorithm 5).  The released code instead projects every iteration (pe
 both stages, taking the SVD of the state after the look-ahead; we follow the paper.
 
 Choices where paper and code differ (each noted above): the DPS nudge and the look-ahead
-are the code's; the Tweedie estimate is the paper's ``(z - sqrt(1 - a) eps) / sqrt(a)`` (the
-code's ``pseudo_x0`` uses ``(1 - a) eps``); ``tweedie="reference"`` reproduces the code's.
+are the code's; the Tweedie estimate is the paper's ``(z - sqrt(1 - a) eps) / sqrt(a)``.  The
+code also forms a ``pseudo_x0 = (z - (1 - a) eps) / sqrt(a)`` and uses it, and only it, for the
+DPS nudge's residual, for the look-ahead's final estimate and as the start of the hard data
+consistency optimisation; its DDIM steps use the usual estimate.  ``tweedie="reference"`` does
+exactly that (so with the guidance off it is plain DDIM and samples the prior);
+``tweedie="paper"`` (default) uses the Tweedie estimate everywhere.
 """
 
 from __future__ import annotations
@@ -71,13 +75,13 @@ class ReSample(Solver):
         return self.prior.schedule.ddim_sigmas(self.n_steps)
 
     # -- pieces ----------------------------------------------------------------------------
-    def x0_hat(self, z, sigma):
-        x0 = self.prior.denoise(z, sigma)
-        if self.hp["tweedie"] == "reference":
-            # the code's pseudo_x0 = (z_vp - (1 - a) eps) / sqrt(a); in VE units z - sqrt(1 - a) (z - x0)
-            a = 1 / (1 + sigma**2)
-            x0 = z - math.sqrt(1 - a) * (z - x0)
-        return x0
+    def guide_x0(self, z, x0, sigma):
+        """The estimate the guidance uses: the Tweedie ``x0`` (paper), or the code's ``pseudo_x0``
+        ``(z_vp - (1 - a) eps) / sqrt(a)``, in VE units ``z - sqrt(1 - a) (z - x0)`` (reference)."""
+        if self.hp["tweedie"] != "reference":
+            return x0
+        a = 1 / (1 + sigma**2)
+        return z - math.sqrt(1 - a) * (z - x0)
 
     def mse(self, img):
         """Per-image mean squared residual (reference units) of images in [0, 1]; needs ``self._y``."""
@@ -126,10 +130,10 @@ class ReSample(Solver):
         h = self.hp
         n = self.n_steps
         x = x.detach().requires_grad_(True)
-        x0 = self.x0_hat(x, sigma)
-        z_next = self.ddim_next(x, x0, sigma, sigma_next, gens, eta=0.0)
+        x0 = self.prior.denoise(x, sigma)
+        z_next = self.ddim_next(x, x0, sigma, sigma_next, gens, eta=0.0)  # DDIM with the Tweedie estimate
         if h["dps_scale"] > 0:
-            norm = self.residual(x0, y).flatten(1).norm(dim=1).sum()
+            norm = self.residual(self.guide_x0(x, x0, sigma), y).flatten(1).norm(dim=1).sum()
             g = self.grad(norm, x)
             a_t = 1 / (1 + sigma**2)
             z_next = z_next - h["dps_scale"] * a_t * math.sqrt((1 + sigma**2) * (1 + sigma_next**2)) * g
@@ -139,11 +143,12 @@ class ReSample(Solver):
             return z_next, x0
         # look ahead a few unconditional DDIM steps for a sharper estimate of z0
         sig = self._sigmas
-        w, est = z_next, x0
+        w, est = z_next, self.guide_x0(x.detach(), x0, sigma)
         with torch.no_grad():
             for k in range(i + 1, min(i + 1 + int(h["lookahead"]), len(sig) - 1)):
-                est = self.x0_hat(w, sig[k])
-                w = self.ddim_next(w, est, sig[k], sig[k + 1], gens, eta=0.0)
+                e = self.prior.denoise(w, sig[k])
+                est = self.guide_x0(w, e, sig[k])
+                w = self.ddim_next(w, e, sig[k], sig[k + 1], gens, eta=0.0)
         if index >= n // 3:  # middle stage: pixel space, never projected
             pix = self.optimize(self.prior.decode(est) * 2 - 1, lambda v: (v + 1) / 2, h["pixel_lr"], h["pixel_iters"])
             with torch.no_grad():
