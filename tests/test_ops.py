@@ -182,3 +182,19 @@ def test_bad_parameters():
         random_mask(8, 8, make_generators(0, 1), missing=1.5)
     with pytest.raises(ValueError):
         Inpainting(torch.ones(1, 1, 8, 8), 3, sigma_y=-1)
+
+
+@pytest.mark.parametrize("task,opts", [("inpaint", {"mask": "box"}), ("deblur", {"kernel_size": 9}), ("superres", {"scale": 2}),
+                                       ("hdr", {}), ("phase-retrieval", {})])
+def test_noise_sigma_is_in_the_papers_units(task, opts):
+    """--noise-sigma means what the papers' configs mean: the noise std on measurements of [-1, 1] images (the
+    codes map images to [-1, 1], then add sigma_y); phase retrieval measures [0, 1] images (DAPS).  The scale
+    agrees with each operator's residual_scale, through which solvers see residuals in the codes' units."""
+    from restore_cli.registry import build_operator, noise_unit
+    from restore_cli.rng import make_generators
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    op = build_operator(task, opts, (3, 32, 32), make_generators(0, 4), 0.05)
+    assert op.residual_scale == noise_unit(task)[0]
+    noise_code_units = op.residual_scale * (op(x, make_generators(1, 4)) - op.A(x))
+    assert abs(float(noise_code_units.std()) - 0.05) < 0.003

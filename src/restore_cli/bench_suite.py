@@ -4,7 +4,7 @@ A suite is a TOML file::
 
     name = "fmnist-regression"
     seeds = [0]                 # every image is restored once per seed
-    noise_sigma = 0.05          # measurement noise ([0, 1] units), unless a grid says otherwise
+    noise_sigma = 0.05          # measurement noise in the papers' units (--noise-sigma), unless a grid says otherwise
     failure_psnr = 15.0         # an image under this PSNR counts as a failure (DiffStateGrad Fig. 3)
     batch_size = 8              # images per solver batch (results depend on it only through CG stopping)
 

@@ -70,7 +70,8 @@ COMMON = [
         "--steps", help="Sampling steps (default: the method's).")]),
     P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.")]),
     P("noise_sigma", P.KEYWORD_ONLY, default=0.01, annotation=Annotated[float, typer.Option(
-        "--noise-sigma", help="Measurement noise std in [0, 1] units (0.05: DPS/DAPS).")]),
+        "--noise-sigma", help="Measurement noise std in the papers' units: on [-1, 1] images, as their codes add it "
+        "(phase retrieval: on |FFT| of [0, 1] images, as DAPS). 0.01: DiffStateGrad's tables; 0.05: DPS's and DAPS's.")]),
     P("batch_size", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
         "--batch-size", help="Images per batch.")]),
     P("output", P.KEYWORD_ONLY, default=Path("restored"), annotation=Annotated[Path, typer.Option(

@@ -134,8 +134,23 @@ def parse_set(items: list[str], info: MethodInfo) -> dict[str, Any]:
     return out
 
 
-def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Generators, sigma_y: float) -> ops.Operator:
-    """The task's operator for a batch of images of ``shape`` (per-image random parameters from ``gens``)."""
+# --noise-sigma is in the papers' units: the std their codes add to measurements of images in [-1, 1]
+# (DPS, DAPS, PSLD, ReSample, DiffStateGrad), except phase retrieval, where DAPS measures the [0, 1]
+# image.  Operators add noise in restore's [0, 1] units: sigma_y = noise_sigma / scale.  The scale is
+# each operator's residual_scale (tests/test_ops.py checks that they agree).
+NOISE_UNITS = {"phase-retrieval": (1.0, "std of the noise on |FFT| of [0, 1] images (DAPS's phase retrieval)")}
+DEFAULT_NOISE_UNIT = (2.0, "std of the noise on measurements of [-1, 1] images (the papers' codes)")
+
+
+def noise_unit(task: str) -> tuple[float, str]:
+    """``(scale, description)`` of ``--noise-sigma`` for ``task``: ``sigma_y([0, 1] units) = noise_sigma / scale``."""
+    return NOISE_UNITS.get(task, DEFAULT_NOISE_UNIT)
+
+
+def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Generators, noise_sigma: float) -> ops.Operator:
+    """The task's operator for a batch of images of ``shape`` (per-image random parameters from ``gens``);
+    ``noise_sigma`` in the papers' units (:func:`noise_unit`)."""
+    sigma_y = noise_sigma / noise_unit(task)[0]
     c, h, w = shape
     if task == "inpaint":
         mask = opts.get("mask", "box")

@@ -24,7 +24,8 @@ from .hub import ModelUnavailable, load_prior
 from .io import FITS, ImageReadError, fit_to, list_images, read_image, side_by_side, unfit, write_json_atomic, write_png
 from .batch import error_line, score, solve_batch
 from .metrics import LPIPS, lpips_status
-from .registry import METHODS, TASKS, MethodInfo, UsageError, check_method, parse_set, resolve_device, resolve_dtype
+from .registry import (METHODS, TASKS, MethodInfo, UsageError, check_method, noise_unit, parse_set, resolve_device,
+                       resolve_dtype)
 from .report import SCHEMA_VERSION, environment, summarize
 from .solvers import DiffStateGrad, StepInfo
 
@@ -201,7 +202,8 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
         "config": {
             "task": cfg.task, "mode": "measured" if cfg.measured else "reference",
             "operator": {"task_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.task_opts.items()},
-                         "noise_sigma": cfg.noise_sigma},
+                         "noise_sigma": cfg.noise_sigma, "noise_unit": noise_unit(cfg.task)[1],
+                         "sigma_y_01": cfg.noise_sigma / noise_unit(cfg.task)[0]},
             "method": {"name": plan.method.name, "hyperparameters": None,
                        "diffstategrad": plan.dsg.params() if plan.dsg else None},
             "restarts": {"count": plan.restarts, "rule": "min_measurement_residual" if cfg.restart_rule == "residual" else "oracle_max_psnr"},

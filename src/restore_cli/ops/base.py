@@ -18,7 +18,7 @@ from torch import nn
 
 from ..rng import Generators, randn_like
 
-DEFAULT_SIGMA_Y = 0.01  # DiffStateGrad / PLoRG experiments; DPS and DAPS use 0.05
+DEFAULT_SIGMA_Y = 0.01  # [0, 1] units, for operators built directly; the CLI converts --noise-sigma (registry.noise_unit)
 
 
 class Operator(nn.Module):
