@@ -212,7 +212,7 @@ period = 2
     assert cells[1].label.endswith("(tau=0.99, F=2)") and cells[2].label.endswith("(tau=0.5, F=2)")
     plain, high, low = cells
     assert plain.dsg(5) is None and high.dsg(5).var_cutoff == 0.99 and low.dsg(5).var_cutoff == 0.5
-    assert low.dsg(5).period == 2 and low.dsg(5).rank_mode == "paper"
+    assert low.dsg(5).period == 2 and low.dsg(5).rank_mode == "channels"
     # the options reach the solver: a smaller tau keeps fewer directions and changes the result
     r = bench(tmp_path / "s.toml", "-o", tmp_path / "o", "--device", "cpu", "-q")
     assert r.exit_code == 0, r.output

@@ -50,11 +50,12 @@ def test_batch_independent_and_per_channel():
     state = torch.randn(3, 3, 7, 9, dtype=torch.float64)
     state[1, 2] = torch.outer(torch.arange(7.0), torch.ones(9)).double()  # a rank-1 channel
     g = torch.randn(3, 3, 7, 9, dtype=torch.float64)
-    dsg = DiffStateGrad(0.95)
-    full = dsg.at(state)(g)
-    for i in range(3):
-        torch.testing.assert_close(full[i:i + 1], dsg.at(state[i:i + 1])(g[i:i + 1]))
-    assert dsg.at(state).rank[1, 2] == 1
+    for mode in ("channels", "paper", "reference"):
+        dsg = DiffStateGrad(0.95, rank_mode=mode)
+        full = dsg.at(state)(g)
+        for i in range(3):
+            torch.testing.assert_close(full[i:i + 1], dsg.at(state[i:i + 1])(g[i:i + 1]))
+    assert DiffStateGrad(0.95, rank_mode="paper").at(state).rank[1, 2] == 1  # per channel
 
 
 def test_period():
@@ -104,3 +105,28 @@ def test_a_diverged_state_passes_its_gradient_through():
     out = dsg.at(state)(g)
     assert torch.equal(out[0], g[0])
     assert torch.allclose(out[1], alone[0], atol=1e-6)
+
+
+def test_channels_rank_is_the_codes_rule_generalised():
+    """The default rule: the released code's flattened count n divided by the number of channels. It is the
+    code's rule on 3 channels (RGB, LDM-VQ-4 latents), the paper's per-channel rank on 1 channel, and on 4
+    channels (Stable Diffusion) it projects where the code's literal n / 3 keeps every direction."""
+    from restore_cli.solvers.projection import channels_rank, reference_rank
+
+    g = torch.Generator().manual_seed(0)
+    decay = torch.logspace(0, -3, 16, dtype=torch.float64)
+    for c in (1, 3, 4):
+        # a state whose channels have similar, fast-decaying spectra (like a smooth image's)
+        u = torch.linalg.qr(torch.randn(2, c, 16, 16, generator=g, dtype=torch.float64))[0]
+        v = torch.linalg.qr(torch.randn(2, c, 16, 16, generator=g, dtype=torch.float64))[0]
+        state = u @ torch.diag_embed(decay.expand(2, c, 16)) @ v.transpose(-2, -1)
+        s = torch.linalg.svd(state)[1]
+        rank = DiffStateGrad(0.99).at(state).rank
+        assert torch.equal(rank, channels_rank(s, 0.99))
+        if c == 3:
+            assert torch.equal(rank, reference_rank(s, 0.99))
+        if c == 1:
+            assert torch.equal(rank, paper_rank(s, 0.99))
+        if c == 4:
+            assert (reference_rank(s, 0.99) == 16).all() and (rank < 16).all()
+    assert DiffStateGrad().rank_mode == "channels"

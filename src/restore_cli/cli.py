@@ -60,8 +60,9 @@ COMMON = [
         "--var-cutoff", help="DiffStateGrad's variance retention threshold tau.")]),
     P("period", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
         "--period", help="DiffStateGrad's period F (default: the method's; 1 for DPS, DAPS, PiGDM).")]),
-    P("rank_mode", P.KEYWORD_ONLY, default="paper", annotation=Annotated[str, typer.Option(
-        "--rank-mode", help="DiffStateGrad rank rule: paper, or reference (the released code's).")]),
+    P("rank_mode", P.KEYWORD_ONLY, default="channels", annotation=Annotated[str, typer.Option(
+        "--rank-mode", help="DiffStateGrad rank rule: channels (the released code's rule behind the tables, n / C), "
+        "paper (per channel, as the paper writes it), reference (the code literally, n / 3).")]),
     P("device", P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
         "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]),
     P("dtype", P.KEYWORD_ONLY, default="fp32", annotation=Annotated[str, typer.Option(
@@ -163,8 +164,8 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
         return usage_error("--restart-rule must be residual or oracle")
     if common["lpips_net"] not in ("alex", "vgg"):
         return usage_error("--lpips-net must be alex or vgg")
-    if common["rank_mode"] not in ("paper", "reference"):
-        return usage_error("--rank-mode must be paper or reference")
+    if common["rank_mode"] not in ("channels", "paper", "reference"):
+        return usage_error("--rank-mode must be channels, paper or reference")
     quiet_libraries()
     cfg = RunConfig(task=task, task_opts=task_opts, restarts=restarts, restart_rule=rule, argv=sys.argv[:], **common)
     try:

@@ -52,9 +52,10 @@ def oracle_task(task: str, shape=(3, 12, 12), sigma_y: float = 0.05, seed: int =
 
 
 def compare(solver_cls, task: str, n: int = 32, seed: int = 10, samples: torch.Tensor | None = None,
-            truth_seed: int = 5, latent: bool = False, dsg=None, sigma_y: float = 0.05, **hparams) -> OracleReport:
+            truth_seed: int = 5, latent: bool = False, dsg=None, sigma_y: float = 0.05, shape=(3, 12, 12),
+            **hparams) -> OracleReport:
     """Run ``solver_cls`` ``n`` times (or score given ``samples``, images in [0, 1] units) against the exact posterior."""
-    prior, op, truth, y = oracle_task(task, seed=truth_seed, latent=latent, sigma_y=sigma_y)
+    prior, op, truth, y = oracle_task(task, shape=shape, seed=truth_seed, latent=latent, sigma_y=sigma_y)
     image_prior = prior.image_prior if latent else prior
     mean_ex, std_ex = image_prior.posterior_dense(op, y.double())
     nfe = 0

@@ -44,7 +44,7 @@ class RunConfig:
     diffstategrad: bool = False
     var_cutoff: float = 0.99
     period: int | None = None
-    rank_mode: str = "paper"
+    rank_mode: str = "channels"
     device: str = "auto"
     dtype: str = "fp32"
     steps: int | None = None

@@ -14,9 +14,22 @@ matrix) with SVD ``z = U S V^T``:
   F = 5 for ReSample's inner loop); the SVD is computed once per state and
   reused, so it can sit inside an inner optimisation loop (ReSample, DAPS).
 
-``rank_mode="reference"`` reproduces the rank choice of the released code
-(``diffstategrad_utils.compute_rank_for_explained_variance``), documented in
-:func:`reference_rank`; the paper's rule is the default.
+The rank rule (``rank_mode``).  The paper and the code that produced its tables disagree:
+
+* ``"channels"`` (default): the released code's rule, which produced DiffStateGrad's Tables 2-5,
+  generalised to any number of channels (:func:`channels_rank`): count the squared singular
+  values, channel after channel, needed for the energy of *all* channels to reach ``tau``, and
+  divide by the number of channels ``C``.  On the papers' models (RGB pixels, LDM-VQ-4's 3 latent
+  channels) it is the code's rule exactly.  Where the code's hard-coded ``/ 3`` breaks, it does
+  what the code means: on 4 latent channels (Stable Diffusion) ``n / 3`` can exceed ``K`` and keep
+  every direction (no projection at all), and on grey images it keeps a third of the per-channel
+  rank, which halves DPS's and DAPS's posterior-sampling efficiency on the grey Gaussian oracle
+  (docs/diffstategrad.md); on one channel ``n / 1`` is the paper's per-channel rank.
+* ``"paper"``: PLoRG Alg. 1 / DiffStateGrad Eq. 5 as written, per image and per channel
+  (:func:`paper_rank`).  It keeps far fewer directions: on a 256x256 RGB photo at tau 0.99,
+  ranks 2-29 per channel against about 175 for the code's rule.
+* ``"reference"``: the released code literally, ``int(n / 3)`` whatever ``C``
+  (:func:`reference_rank`), to rerun its tables to the bit.
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-RANK_MODES = ("paper", "reference")
+RANK_MODES = ("channels", "paper", "reference")
 
 
 def paper_rank(s: torch.Tensor, tau: float) -> torch.Tensor:
@@ -56,11 +69,26 @@ def reference_rank(s: torch.Tensor, tau: float) -> torch.Tensor:
     batch; here each image gets its own.  ``s``: ``[B, C, K]``; returns ``[B, C]``
     (capped at ``K``; it can be 0, as in the code).
     """
+    n = _flat_count(s, tau)
+    r = torch.div(n, 3, rounding_mode="floor").clamp(max=s.shape[-1])
+    return r[:, None].expand(s.shape[:-1])
+
+
+def _flat_count(s: torch.Tensor, tau: float) -> torch.Tensor:
+    """The code's ``searchsorted(cumsum(flattened energies), tau) + 1``: squared singular values, taken
+    channel after channel, needed for the cumulative energy of all channels to reach ``tau`` ([B])."""
     e = s.to(torch.float64) ** 2
     flat = e.flatten(-2)  # [B, C*K], channel after channel
     c = flat.cumsum(-1) / flat.sum(-1, keepdim=True)
-    n = (c < tau).sum(-1) + 1  # numpy searchsorted(side="left") + 1
-    r = torch.div(n, 3, rounding_mode="floor").clamp(max=s.shape[-1])
+    return (c < tau).sum(-1) + 1  # numpy searchsorted(side="left") + 1
+
+
+def channels_rank(s: torch.Tensor, tau: float) -> torch.Tensor:
+    """The released code's rank generalised to ``C`` channels: ``int(n / C)`` for every channel of an image,
+    with ``n`` as in :func:`reference_rank` (``C = 3``: the code's rule; ``C = 1``: the paper's rank).
+    ``s``: ``[B, C, K]``; returns ``[B, C]`` in ``1..K``."""
+    n = _flat_count(s, tau)
+    r = torch.div(n, s.shape[-2], rounding_mode="floor").clamp(1, s.shape[-1])
     return r[:, None].expand(s.shape[:-1])
 
 
@@ -70,7 +98,7 @@ class DiffStateGrad:
 
     var_cutoff: float = 0.99
     period: int = 1
-    rank_mode: str = "paper"
+    rank_mode: str = "channels"
 
     def __post_init__(self):
         if not 0.0 < self.var_cutoff <= 1.0:
@@ -89,7 +117,7 @@ class DiffStateGrad:
         if bool(bad.any()):
             z = torch.where(bad.reshape(-1, *([1] * (z.dim() - 1))), torch.zeros_like(z), z)
         u, s, vh = torch.linalg.svd(z, full_matrices=False)
-        rank = paper_rank(s, self.var_cutoff) if self.rank_mode == "paper" else reference_rank(s, self.var_cutoff)
+        rank = {"channels": channels_rank, "paper": paper_rank, "reference": reference_rank}[self.rank_mode](s, self.var_cutoff)
         k = torch.arange(s.shape[-1], device=s.device)
         keep = (k < rank[..., None].to(s.device)).to(z.dtype)  # [B, C, K]
         return StateProjector(u * keep[..., None, :], vh * keep[..., :, None], rank, self.period,
