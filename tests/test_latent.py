@@ -336,3 +336,34 @@ def test_p2l_prompt_adam_starts_afresh_at_every_step(latent_models):
         step = (s.emb - before).abs()
         moved = step[step > 0]
         assert moved.numel() > 0 and torch.allclose(moved, torch.full_like(moved, 1e-3), rtol=0.05)
+
+
+def test_resample_dsg_stages_code_and_paper():
+    """dsg_stages="code" (default): both hard-data-consistency stages projected at every iteration with the SVD of the
+    look-ahead state (pixel stage: of its decoded image); "paper" (Algorithm 5): only the latent stage, every F-th
+    iteration, with the SVD of z'_t.  Without DiffStateGrad the switch changes nothing."""
+    prior, op, truth, y = oracle_task("box", latent=True)
+    hp = dict(steps=30, every=2, lookahead=2, pixel_iters=4, latent_iters=4)
+    seen = {}
+    for stages in ("code", "paper"):
+        s = ReSample(prior, op, DiffStateGrad(0.9, period=5), dsg_stages=stages, **hp)
+        calls = []
+        real = s.optimize
+
+        def spy(init, to_image, lr, iters, proj=None, window=None, _real=real, _calls=calls):
+            _calls.append((window is None, proj))  # (pixel stage?, projector)
+            return _real(init, to_image, lr, iters, proj, window)
+
+        s.optimize = spy
+        s.run(y, make_generators(3, 1))
+        pixel = [p for is_pixel, p in calls if is_pixel]
+        latent = [p for is_pixel, p in calls if not is_pixel]
+        assert pixel and latent
+        seen[stages] = (pixel, latent)
+    code_pixel, code_latent = seen["code"]
+    assert all(p is not None and p.period == 1 for p in code_pixel) and all(p.period == 1 for p in code_latent)
+    paper_pixel, paper_latent = seen["paper"]
+    assert all(p is None for p in paper_pixel) and all(p.period == 5 for p in paper_latent)
+    assert ReSample(prior, op, DiffStateGrad()).params()["diffstategrad"]["period"] == 1
+    plain = [ReSample(prior, op, dsg_stages=m, **hp).run(y, make_generators(3, 1)).model for m in ("code", "paper")]
+    assert torch.equal(plain[0], plain[1])

@@ -31,11 +31,15 @@ Losses are MSEs of the residual in the code's ``[-1, 1]`` units; every image has
 optimiser state and stopping (``MaskedAdamW``), so a batch gives each image the result it
 gets alone.
 
-DiffStateGrad (PLoRG Algorithm 5, DiffStateGrad App. C.4): the SVD of the diffusion state
-``z'_t`` is computed once per resampling call and the *latent* optimisation's gradient is
-projected every ``period``-th iteration (F = 5, the paper's value); the pixel stage is never
-projected (Algorithm 5).  The released code instead projects every iteration (period 1) in
-both stages, taking the SVD of the state after the look-ahead; we follow the paper.
+DiffStateGrad, two configurations (``dsg_stages``):
+
+* ``"code"`` (default): what the released DiffStateGrad code ran for its Tables 2-4: both hard
+  data consistency stages are projected at every iteration (period 1, whatever ``--period``
+  says), with the SVD of the state after the look-ahead (the latent stage) and of its decoded
+  image (the pixel stage, in the code's ``[-1, 1]`` units);
+* ``"paper"``: PLoRG Algorithm 5 / DiffStateGrad App. C.4: the SVD of the diffusion state
+  ``z'_t``, once per resampling call; only the *latent* optimisation's gradient is projected,
+  every ``period``-th iteration (F = 5, Appendix C.1); the pixel stage is never projected.
 
 Choices where paper and code differ (each noted above): the DPS nudge and the look-ahead
 are the code's; the Tweedie estimate is the paper's ``(z - sqrt(1 - a) eps) / sqrt(a)``.  The
@@ -48,6 +52,7 @@ exactly that (so with the guidance off it is plain DDIM and samples the prior);
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -62,17 +67,25 @@ class ReSample(Solver):
     paper = "Song et al. 2024, Solving Inverse Problems with Latent Diffusion Models via Hard Data Consistency"
     defaults = {"steps": 500, "dps_scale": 0.5, "every": 10, "lookahead": 5, "gamma": 40.0,
                 "pixel_lr": 1e-2, "pixel_iters": 2000, "latent_lr": 5e-3, "latent_iters": 500, "eps": 1e-3,
-                "tweedie": "paper"}
+                "tweedie": "paper", "dsg_stages": "code"}
     default_period = 5
     guidance_keys = ("latent_lr",)  # the stage DiffStateGrad projects
-    choices = {"tweedie": ("paper", "reference")}
+    choices = {"tweedie": ("paper", "reference"), "dsg_stages": ("code", "paper")}
 
     def __init__(self, prior, op, diffstategrad=None, **hparams):
         super().__init__(prior, op, diffstategrad, **hparams)
         self.n_steps = int(self.hp["steps"])
+        # the released code's projection runs at every iteration
+        self.dsg_every_iteration = None if diffstategrad is None else dataclasses.replace(diffstategrad, period=1)
 
     def sigmas(self):
         return self.prior.schedule.ddim_sigmas(self.n_steps)
+
+    def params(self) -> dict:
+        out = super().params()
+        if self.dsg is not None and self.hp["dsg_stages"] == "code":
+            out["diffstategrad"] = {**self.dsg_every_iteration.params(), "stages": "pixel+latent (released code)"}
+        return out
 
     # -- pieces ----------------------------------------------------------------------------
     def guide_x0(self, z, x0, sigma):
@@ -149,12 +162,17 @@ class ReSample(Solver):
                 e = self.prior.denoise(w, sig[k])
                 est = self.guide_x0(w, e, sig[k])
                 w = self.ddim_next(w, e, sig[k], sig[k + 1], gens, eta=0.0)
-        if index >= n // 3:  # middle stage: pixel space, never projected
-            pix = self.optimize(self.prior.decode(est) * 2 - 1, lambda v: (v + 1) / 2, h["pixel_lr"], h["pixel_iters"])
+        code = h["dsg_stages"] == "code"
+        if index >= n // 3:  # middle stage: pixel space (projected only as the released code does)
+            proj = None
+            if self.dsg is not None and code:
+                with torch.no_grad():
+                    proj = projector(self.dsg_every_iteration, self.prior.decode(w) * 2 - 1)
+            pix = self.optimize(self.prior.decode(est) * 2 - 1, lambda v: (v + 1) / 2, h["pixel_lr"], h["pixel_iters"], proj)
             with torch.no_grad():
                 z0_y = self.prior.encode((pix + 1) / 2)
-        else:  # last stage: latent space, DiffStateGrad-projected every F-th iteration
-            proj = projector(self.dsg, z_next)
+        else:  # last stage: latent space
+            proj = projector(self.dsg_every_iteration, w) if code else projector(self.dsg, z_next)
             z0_y = self.optimize(est, self.prior.decode, h["latent_lr"], h["latent_iters"], proj, window=200)
         z_new = self.resample(z0_y, z_next.detach(), sigma_next, sigma, gens)
         return z_new, z0_y
@@ -163,8 +181,9 @@ class ReSample(Solver):
         self._sigmas = [float(s) for s in self.sigmas()]
         res = super().run(y, gens, callback)
         # a final latent-space optimisation of z_0 (the code's last step)
+        dsg = self.dsg_every_iteration if self.hp["dsg_stages"] == "code" else self.dsg
         z0 = self.optimize(res.model, self.prior.decode, self.hp["latent_lr"], self.hp["latent_iters"],
-                           projector(self.dsg, res.model), window=200)
+                           projector(dsg, res.model), window=200)
         with torch.no_grad():
             res.images = self.prior.decode(z0).clamp(0, 1)
         res.model, res.n_backward = z0, self.n_backward
