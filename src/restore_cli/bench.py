@@ -53,6 +53,13 @@ class _Models:
 def model_fingerprint(spec) -> str:
     """What identifies a model's weights: the Hub revision, or a hash of a bundled/local folder's
     weights and configs, or the analytic fit.  A finished cell is reused only with the same one."""
+    if spec.format != "diffusers":  # an original checkpoint: the sha256 of the file it was converted from
+        from .convert.checkpoint import read_record
+        from .hub import find_converted
+
+        found = find_converted(spec)
+        rec = read_record(found) if found is not None else None
+        return f"{spec.format}:{(rec or {}).get('sha256') or spec.sha256 or 'not converted'}"[:80]
     if spec.source == "hub":
         return f"hub:{spec.repo_id}@{spec.revision}"
     if spec.source == "analytic":
@@ -168,8 +175,15 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     from .bench_results import markdown_table
 
     def flush():
+        md = markdown_table(data)
+        if suite.paper is not None:  # a paper suite: the published numbers beside ours, with verdicts
+            from .papers import comparison, markdown
+
+            data["paper"] = {k: v for k, v in suite.paper.items() if k != "rows"}
+            data["paper"]["comparison"] = rows = comparison(suite.cells, data["cells"], suite.paper)
+            md += "\n" + markdown(rows, suite.paper)
         write_json_atomic(res_path, data)
-        (output / "results.md").write_text(markdown_table(data))
+        (output / "results.md").write_text(md)
 
     prints = {}
     for cell in suite.cells:

@@ -119,6 +119,7 @@ class Suite:
     description: str = ""
     image_source: dict = field(default_factory=dict)
     models_file: Path | None = None
+    paper: dict | None = None  # a paper suite's published table (papers.load_table)
 
 
 # -- reading a suite ------------------------------------------------------------------------
@@ -191,19 +192,36 @@ def _read(path: Path, what: str, parse, error, fmt: str):
         raise SuiteError(f"{path}: not valid {fmt}: {e}") from None
 
 
-def load_suite(path: Path) -> Suite:
-    """Parse and check a suite file (names of tasks, methods, models and hyperparameters included)."""
+def load_suite(path: Path, images: Path | None = None, models_file: Path | None = None,
+               steps: int | None = None) -> Suite:
+    """Parse and check a suite file (names of tasks, methods, models and hyperparameters included).
+
+    ``images``: a folder of images instead of the suite's own (a paper suite's ``[images] user =
+    "..."`` names the images the paper used, which cannot ship); ``models_file``: extra registry
+    entries instead of the suite's; ``steps``: every cell's steps (a quick check of a suite)."""
     from .config import ConfigError, load_registry
     from .registry import METHODS, TASKS, UsageError, parse_set
 
     path = Path(path)
     data = _read(path, "suite file", tomllib.loads, tomllib.TOMLDecodeError, "TOML")
     known = {"name", "description", "seeds", "noise_sigma", "failure_psnr", "batch_size", "images", "grid", "lpips_net",
-             "models_file"}
+             "models_file", "paper"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SuiteError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    models_file = path.parent / data["models_file"] if "models_file" in data else None
+    if models_file is None:
+        models_file = path.parent / data["models_file"] if "models_file" in data else None
+    paper = None
+    if "paper" in data:
+        from .papers import load_table
+
+        ref = data["paper"]
+        if not isinstance(ref, dict) or "published" not in ref or "table" not in ref:
+            raise SuiteError(f"{path}: paper must be {{ published = FILE, table = ID }}")
+        try:
+            paper = load_table(path.parent / ref["published"], str(ref["table"]))
+        except ValueError as e:
+            raise SuiteError(str(e)) from None
     try:
         reg = load_registry(models_file)
     except ConfigError as e:
@@ -267,15 +285,20 @@ def load_suite(path: Path) -> Suite:
             except UsageError as e:
                 raise SuiteError(f"grid {gi + 1}: {e}") from None
             task_opts = {k: v for k, v in t.items() if k != "task"}
+            n_steps = steps if steps is not None else int(g["steps"]) if "steps" in g else None
             cells.append(Cell(t["task"], task_opts, m, model, bool(dsg), hp, float(guide),
-                              int(g["steps"]) if "steps" in g else None, float(g.get("noise_sigma", noise)),
+                              n_steps, float(g.get("noise_sigma", noise)),
                               int(g.get("restarts", TASKS[t["task"]].default_restarts)), dict(dsg_opts)))
     seen, unique = set(), []
     for c in cells:
         if c.key not in seen:
             seen.add(c.key)
             unique.append(c)
-    spec = data.get("images") or {}
+    spec = dict(data.get("images") or {})
+    if images is not None:
+        spec = {"paths": [str(Path(images).resolve())], **({"protocol": spec["user"]} if "user" in spec else {})}
+    elif "user" in spec:
+        raise SuiteError(f"{path}: its images do not ship with restore: pass --images DIR with {spec['user']}")
     images = _load_images(spec, path.parent)
     seeds = [int(s) for s in _as_list(data.get("seeds", [0]))]
     if not images or not seeds or not unique:
@@ -283,7 +306,8 @@ def load_suite(path: Path) -> Suite:
     return Suite(name=str(data.get("name", path.stem)), path=path, images=images, seeds=seeds,
                  failure_psnr=float(data.get("failure_psnr", 15.0)), batch_size=int(data.get("batch_size", 8)),
                  cells=unique, lpips_net=str(data.get("lpips_net", "alex")),
-                 description=str(data.get("description", "")), image_source=dict(spec), models_file=models_file)
+                 description=str(data.get("description", "")), image_source=dict(spec), models_file=models_file,
+                 paper=paper)
 
 
 # -- what every cell depends on besides itself ------------------------------------------------

@@ -213,9 +213,15 @@ def bench_cmd(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     rerun: Annotated[bool, typer.Option("--rerun", help="Run every cell again (default: keep the finished cells of results.json).")] = False,
     only: Annotated[list[str], typer.Option("--only", help="Run only cells whose label contains this text (repeatable), e.g. 'inpaint[mask=box]' or 'fmnist-ddpm-32'.")] = [],
+    images: Annotated[Optional[Path], typer.Option("--images", help="A folder of images instead of the suite's (a paper suite: the paper's test images, see its [images]).")] = None,
+    models_file: Annotated[Optional[Path], typer.Option("--models-file", help="Extra models.toml entries instead of the suite's.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Every cell's steps (a quick check of a suite; the cells differ from the suite's own).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and regressions.")] = False,
 ):
     """Benchmark: run a suite, write results.json and a Markdown table; optionally gate on a baseline.
+
+    A paper suite (benchmarks/papers/) also prints the paper's published numbers beside ours, with a verdict
+    per cell and metric (within the paper's std, better or worse), and adds them to results.md.
 
     Example: [bold]restore bench benchmarks/regression.toml --baseline benchmarks/regression.json[/bold]
     """
@@ -228,7 +234,11 @@ def bench_cmd(
     quiet_libraries()
     try:
         tol = parse_tolerances(tolerance)
-        plan = load_suite(suite)
+        if images is not None and not images.is_dir():
+            raise UsageError(f"--images {images}: not a folder")
+        if steps is not None and steps < 1:
+            raise UsageError("--steps must be >= 1")
+        plan = load_suite(suite, images=images, models_file=models_file, steps=steps)
         dev = resolve_device(device)
         base = None if baseline is None else load_results(baseline)
     except (SuiteError, UsageError) as e:
@@ -245,6 +255,17 @@ def bench_cmd(
                   f"skipped, {len(failed)} failed; results: {out_dir / 'results.json'}, table: {out_dir / 'results.md'}",
                   highlight=False)
     code = 1 if failed else 0
+    if data.get("paper") and not quiet:
+        t = Table(title=f"against {data['paper'].get('paper', '')} {data['paper'].get('table', '')}")
+        for col in ("cell", "metric", "ours", "paper", "verdict"):
+            t.add_column(col)
+        colour = {"better": "green", "within": "cyan", "worse": "red"}
+        for r in data["paper"]["comparison"]:
+            ours = "-" if r["ours"] is None else f"{r['ours']:.3f}"
+            paper = f"{r['paper'][0]}" + (f" ({r['paper'][1]})" if len(r["paper"]) > 1 else "")
+            v = r["verdict"]
+            t.add_row(escape(r["cell"]), r["metric"], ours, paper, f"[{colour[v]}]{v}[/{colour[v]}]" if v in colour else v)
+        out.print(t)
     if base is not None:
         worse = compare(data, base, tol)
         if worse:

@@ -1,0 +1,98 @@
+"""Paper suites: the published numbers beside ours, the verdict logic on hand-made cells, and every suite in
+benchmarks/papers/ parsed (and, for the pixel ones, run for 2 steps on random weights of the exact architecture)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from restore_cli.bench_suite import Cell, SuiteError, load_suite
+from restore_cli.cli import app
+from restore_cli.papers import comparison, find_row, markdown, method_key, task_key, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPERS = ROOT / "benchmarks" / "papers"
+
+
+def test_verdicts():
+    assert verdict("psnr", 28.0, [27.92, 1.90]) == "within"
+    assert verdict("psnr", 30.0, [27.92, 1.90]) == "better"
+    assert verdict("psnr", 25.0, [27.92, 1.90]) == "worse"
+    assert verdict("lpips", 0.10, [0.216, 0.045]) == "better"  # lower is better
+    assert verdict("lpips", 0.30, [0.216, 0.045]) == "worse"
+    assert verdict("lpips", 0.25, [0.216, 0.045]) == "within"
+    assert verdict("ssim", 0.80, [0.75]) == "better" and verdict("ssim", 0.75, [0.75]) == "equal"
+    assert verdict("psnr", None, [27.9, 1.9]) == "n/a" and verdict("fid", 3.0, [4.0, 1.0]) == "n/a"
+
+
+def test_cells_are_matched_to_published_rows():
+    table = {"paper": "DiffStateGrad", "table": "Table 3", "dataset": "ffhq-256", "rows": [
+        {"method": "daps", "task": "deblur-gaussian", "lpips": [0.216, 0.045], "psnr": [27.92, 1.90], "source_line": 104},
+        {"method": "daps+dsg", "task": "deblur-gaussian", "lpips": [0.180, 0.031], "psnr": [29.02, 1.86]},
+        {"method": "resample", "task": "superres-x4", "psnr": [28.02, 2.05]}]}
+    plain = Cell("deblur", {"kernel": "gaussian", "kernel_size": 61}, "daps", "ffhq-256", False, {})
+    dsg = Cell("deblur", {"kernel": "gaussian", "kernel_size": 61}, "daps", "ffhq-256", True, {})
+    sr = Cell("superres", {"scale": 4}, "resample", "ldm-ffhq-256", False, {})
+    other = Cell("hdr", {}, "daps", "ffhq-256", False, {})  # not in the table: no row
+    assert (method_key("daps", True), task_key("superres", {"scale": 4})) == ("daps+dsg", "superres-x4")
+    assert find_row(table, "daps+dsg", "deblur-gaussian")["psnr"] == [29.02, 1.86]
+    results = {plain.key: {"status": "ok", "summary": {"psnr": {"mean": 30.5, "std": 1.0}, "lpips": {"mean": 0.2, "std": 0.02}}},
+               dsg.key: {"status": "failed", "summary": {}}}
+    rows = comparison([plain, dsg, sr, other], results, table)
+    got = {(r["cell"].split(" ")[1], r["metric"]): r["verdict"] for r in rows}
+    assert got == {("daps", "lpips"): "within", ("daps", "psnr"): "better", ("daps+dsg", "lpips"): "not run",
+                   ("daps+dsg", "psnr"): "not run", ("resample", "psnr"): "not run"}
+    assert rows[0]["source"] == "Table 3, line 104"
+    md = markdown(rows, table)
+    assert "| 30.50 (1.00) | 27.92 (1.90) | better |" in md and "1 within, 1 better, 3 not run" in md
+
+
+def test_step_scale_rows_match_the_guidance():
+    table = {"rows": [{"method": "psld", "task": "inpaint-random", "step_scale": 1.0, "psnr": [30.0, 1.0]},
+                      {"method": "psld", "task": "inpaint-random", "step_scale": 10.0, "psnr": [20.0, 1.0]}]}
+    big = Cell("inpaint", {"mask": "random"}, "psld", "ldm-ffhq-256", False, {}, guidance=10.0)
+    rows = comparison([big], {big.key: {"status": "ok", "summary": {"psnr": {"mean": 20.5, "std": 0.1}}}}, table)
+    assert [r["paper"] for r in rows] == [[20.0, 1.0]] and rows[0]["verdict"] == "within"
+
+
+def test_a_paper_suite_needs_the_users_images(tmp_path):
+    (tmp_path / "pub.toml").write_text('[tables.t]\npaper = "X"\ntable = "Table 9"\n[[tables.t.rows]]\nmethod = "dps"\n'
+                                       'task = "inpaint-box"\npsnr = [20.0, 1.0]\n')
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "s"\npaper = { published = "pub.toml", table = "t" }\n[images]\nuser = "the first 2 images"\n'
+                     '[[grid]]\ntasks = [{ task = "inpaint", mask = "box" }]\nmethods = ["dps"]\nmodels = ["gaussian"]\n')
+    with pytest.raises(SuiteError, match="pass --images DIR with the first 2 images"):
+        load_suite(suite)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("RGB", (16, 16), (120, 30, 200)).save(imgs / "a.png")
+    s = load_suite(suite, images=imgs, steps=2)
+    assert s.paper["table"] == "Table 9" and s.cells[0].steps == 2 and s.image_source["protocol"] == "the first 2 images"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(suite.read_text().replace('table = "t"', 'table = "nope"'))
+    with pytest.raises(SuiteError, match="no table 'nope'"):
+        load_suite(bad, images=imgs)
+
+
+def paper_suites():
+    return sorted(PAPERS.glob("*.toml")) if PAPERS.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def few_images(tmp_path_factory):
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("paper-images")
+    Image.fromarray(data.astronaut()).resize((256, 256)).save(d / "00000.png")
+    return d
+
+
+@pytest.mark.parametrize("suite", [p for p in paper_suites() if p.name != "published.toml"], ids=lambda p: p.stem)
+def test_every_paper_suite_parses_and_matches_its_table(suite, few_images):
+    s = load_suite(suite, images=few_images)
+    assert s.paper is not None and s.paper["rows"]
+    matched = comparison(s.cells, {}, s.paper)
+    assert matched, "no cell of the suite matches a row of its published table"
+    assert {r["verdict"] for r in matched} == {"not run"}
