@@ -219,7 +219,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
         if not isinstance(ref, dict) or "published" not in ref or "table" not in ref:
             raise SuiteError(f"{path}: paper must be {{ published = FILE, table = ID }}")
         try:
-            paper = load_table(path.parent / ref["published"], str(ref["table"]))
+            paper = load_table(path.parent / ref["published"], ref["table"])
         except ValueError as e:
             raise SuiteError(str(e)) from None
     try:

@@ -44,27 +44,58 @@ def method_key(method: str, diffstategrad: bool) -> str:
     return method + ("+dsg" if diffstategrad else "")
 
 
-def load_table(published: Path, table: str) -> dict:
-    """One table of a published-numbers file: its metadata and its rows."""
+# restore's method names -> the names a paper's table uses for the same method
+ALIASES = {"latent-dps": ("latent-dps", "ldps"), "latent-dps+dsg": ("latent-dps+dsg", "ldps+dsg")}
+
+
+def load_table(published: Path, table) -> dict:
+    """A table of a published-numbers file (``table``: an id, or a list of ids whose rows are merged: a
+    paper that prints SSIM in a separate table), with its metadata and its rows."""
     published = Path(published)
     try:
         data = tomllib.loads(published.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"{published}: cannot read published numbers ({e})") from None
     tables = data.get("tables") or {}
-    if table not in tables:
-        raise ValueError(f"{published}: no table {table!r} (it has {', '.join(sorted(tables)) or 'none'})")
-    t = dict(tables[table])
-    t["rows"] = [dict(r) for r in t.get("rows", [])]
-    for r in t["rows"]:
-        if "method" not in r or "task" not in r:
-            raise ValueError(f"{published}: a row of {table!r} lacks method or task")
-    return t
+    ids = [table] if isinstance(table, str) else list(table)
+    merged: dict | None = None
+    for tid in ids:
+        if tid not in tables:
+            raise ValueError(f"{published}: no table {tid!r} (it has {', '.join(sorted(tables)) or 'none'})")
+        t = dict(tables[tid])
+        rows = [dict(r) for r in t.get("rows", [])]
+        for r in rows:
+            if "method" not in r or "task" not in r:
+                raise ValueError(f"{published}: a row of {tid!r} lacks method or task")
+        if merged is None:
+            merged = {**t, "rows": rows, "ids": ids}
+            continue
+        merged["table"] = f"{merged.get('table', '')} + {t.get('table', '')}"
+        for r in rows:  # the same cell in the other table adds its metrics
+            same = find_row(merged, r["method"], r["task"], r.get("step_scale"))
+            if same is None:
+                merged["rows"].append(r)
+            else:
+                same.update({k: v for k, v in r.items() if k not in same})
+    return merged
 
 
-def find_row(table: dict, method: str, task: str, step_scale: float | None = None) -> dict | None:
+def _step_matches(row_scale, guidance) -> bool:
+    """A row's step size (a number, or "default"/"large" as DiffStateGrad's Table 7 prints them) and a
+    cell's guidance multiplier."""
+    if row_scale is None or guidance is None:
+        return True
+    if isinstance(guidance, str) or isinstance(row_scale, str) and isinstance(guidance, str):
+        return str(row_scale) == str(guidance)
+    if isinstance(row_scale, str):
+        return (float(guidance) == 1.0) == (row_scale == "default")
+    return float(row_scale) == float(guidance)
+
+
+def find_row(table: dict, method: str, task: str, step_scale=None) -> dict | None:
+    names = ALIASES.get(method, (method,))
     for r in table["rows"]:
-        if r["method"] == method and r["task"] == task and (step_scale is None or float(r.get("step_scale", 1.0)) == step_scale):
+        if r["method"] in names and r["task"] == task and _step_matches(r.get("step_scale"), step_scale):
             return r
     return None
 
