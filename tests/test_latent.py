@@ -335,7 +335,9 @@ def test_p2l_prompt_adam_starts_afresh_at_every_step(latent_models):
         s.tune_prompt(z * sigma, sigma, y)
         step = (s.emb - before).abs()
         moved = step[step > 0]
-        assert moved.numel() > 0 and torch.allclose(moved, torch.full_like(moved, 1e-3), rtol=0.05)
+        # lr * |g| / (|g| + 1e-8): about lr wherever the gradient is not vanishingly small
+        near_lr = ((moved - 1e-3).abs() < 5e-5).float().mean()
+        assert moved.numel() > 0 and float(near_lr) > 0.95 and float(moved.max()) < 1.05e-3
 
 
 def test_resample_dsg_stages_code_and_paper():
