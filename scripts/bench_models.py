@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "restore-realsize")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "realsize.json")
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the table as a page (docs/realsize.md)")
     args = ap.parse_args(argv)
     reg = load_registry()
     unknown = [m for m in args.models if m not in REAL_MODELS]
@@ -98,7 +99,27 @@ def main(argv=None) -> int:
         print(f"{model:18s} {method:10s} {task:15s} dsg={int(dsg)} exit={p.returncode} {rec.get('status')} "
               f"{rec.get('seconds')} s nfe={rec.get('nfe')} peak={rec.get('peak_memory_mb')} MB", flush=True)
     print(table(results))
+    if args.markdown is not None:
+        args.markdown.write_text(PAGE.format(table=table(results)))
     return 0 if all(r["exit"] == 0 and r.get("status") == "ok" for r in results) else 1
+
+
+PAGE = """# The real-size tier: the registered real models at their exact architectures
+
+Every registered real model built from its committed config (`src/restore_cli/data/architectures/`)
+with **random weights** (the real weights cannot be downloaded where restore is developed), run
+through `restore inpaint` on one image at its native resolution (256x256; Stable Diffusion 512x512)
+for **2 sampler steps** with every learned method that runs on it, with and without DiffStateGrad,
+each in a fresh process, on the CPU of the development machine (2 cores, shared with other jobs:
+read the seconds as orders of magnitude). Inner loops are capped (`TIER_CAPS` in
+`restore_cli/testing.py`: ReSample's optimisers 3 iterations, DAPS 3 Langevin and 2 ODE steps,
+P2L 1 prompt step), so s/step is the cost of a sampler step, not of a default run. Peak memory is
+the process's peak RSS (weights included). Produced by `python scripts/bench_models.py --markdown
+docs/realsize.md` (results in `benchmarks/realsize.json`); CI runs the `ffhq-256` DPS and
+`ldm-ffhq-256` ReSample cells (`tests/test_realsize.py`), `pytest -m realsize` the rest.
+
+{table}
+"""
 
 
 def table(results: list[dict]) -> str:
@@ -108,7 +129,8 @@ def table(results: list[dict]) -> str:
         sec = r.get("seconds")
         per = f"{sec / r['steps']:.1f}" if isinstance(sec, (int, float)) else "-"
         rows.append(f"| {r['model']} | {r['method']} | {r['task']} | {'yes' if r['dsg'] else 'no'} | "
-                    f"{sec if sec is not None else '-'} | {per} | {r.get('nfe', '-')} | {r.get('peak_memory_mb', '-')} | "
+                    f"{f'{sec:.1f}' if isinstance(sec, (int, float)) else '-'} | {per} | {r.get('nfe', '-')} | "
+                    f"{f'{mem:.0f}' if isinstance(mem := r.get('peak_memory_mb'), (int, float)) else '-'} | "
                     f"{r.get('status')}{' (' + str(r['error'])[:60] + ')' if r.get('error') else ''} |")
     return "\n".join(rows)
 
