@@ -258,3 +258,18 @@ def test_fashion_mnist_images_load_when_installed():
     assert x.shape == (10000, 1, 32, 32) and y.shape == (10000,)
     assert float(x[:, :, :2].abs().max()) == 0.0  # padded with the black background
     assert 0 < float(x.mean()) < 0.5 and torch.all((y >= 0) & (y < 10))
+
+
+def test_bench_runs_psld_on_a_text_model_with_the_empty_prompt(tmp_path):
+    """restore bench chooses the prompt as restore <task> does: PSLD on a model with a text encoder gets ""."""
+    from restore_cli.bench import _Models
+    from restore_cli.config import local_model
+    from restore_cli.registry import resolve_prompt
+    from restore_cli.testing import save_tiny_latent_model
+
+    d = save_tiny_latent_model(tmp_path / "kl-text", "kl", conditional=True)
+    spec = local_model(d)
+    assert resolve_prompt(spec, "psld") == "" and resolve_prompt(spec, "latent-dps", "a face") == "a face"
+    models = _Models(torch.device("cpu"))
+    models.reg.models[str(d)] = spec
+    assert models.prior(str(d), "psld").prompt == "" and models.prior(str(d), "psld") is models.prior(str(d), "psld")

@@ -369,3 +369,13 @@ def test_resample_dsg_stages_code_and_paper():
     assert ReSample(prior, op, DiffStateGrad()).params()["diffstategrad"]["period"] == 1
     plain = [ReSample(prior, op, dsg_stages=m, **hp).run(y, make_generators(3, 1)).model for m in ("code", "paper")]
     assert torch.equal(plain[0], plain[1])
+
+
+def test_psld_code_transpose_keeps_sides_that_are_not_multiples_of_the_factor():
+    """Nearest upsampling of a 62-pixel measurement is 248 pixels: the glued image is padded back to 250."""
+    from restore_cli import ops
+
+    prior, _, _, _ = oracle_task("box", latent=True)
+    op = ops.SuperResolution((3, 30, 26), 4, "bicubic", 0.0)
+    x = torch.rand(1, 3, 30, 26)
+    assert PSLD(prior, op).glue(x, op.A(x)).shape == x.shape

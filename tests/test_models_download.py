@@ -297,7 +297,13 @@ def test_adm_from_a_filled_hub_cache_with_sha_check(tiny, photo, monkeypatch):
     assert not (snap / "ffhq_10m.pt").exists()  # the bad file is not kept for a later run to use
 
 
-def test_checkpoint_loading_runs_no_pickled_code(tmp_path):
+class Outer:
+    class Inner:
+        def __init__(self):
+            self.x = 1
+
+
+def test_checkpoint_loading_runs_no_pickled_code(tmp_path, monkeypatch):
     """weights_only: a checkpoint whose pickle asks to call os.system is refused in one line, and nothing runs;
     an unknown but harmless class (a Lightning callback's state) gets an inert stand-in."""
     marker = tmp_path / "pwned"
@@ -313,6 +319,14 @@ def test_checkpoint_loading_runs_no_pickled_code(tmp_path):
     assert not marker.exists()
     torch.save({"state_dict": {"w": torch.ones(2)}, "loops": LightningCallbackState()}, path)
     assert list(ckpt_mod.load_state_dict(path)) == ["w"]
+    # a nested class is pickled through builtins.getattr: refused in one line after a single read
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(1) or real(*a, **k))
+    torch.save({"state_dict": {"w": torch.ones(2)}, "loops": Outer.Inner()}, path)
+    with pytest.raises(ckpt_mod.ConversionError, match="refused: the checkpoint asks to call getattr"):
+        ckpt_mod.load_state_dict(path)
+    assert len(loads) == 1
 
 
 def test_converted_schedules_are_the_original_configs():

@@ -42,12 +42,17 @@ class _Models:
     def spec(self, name):
         return self.reg.get(name)
 
-    def prior(self, name):
+    def prior(self, name, method: str | None = None):
+        """The model's prior, with the prompt ``method`` runs it with (PSLD on Stable Diffusion: ""), as
+        ``restore <task>`` chooses it."""
         from .hub import load_prior
+        from .registry import resolve_prompt
 
-        if name not in self.cache:
-            self.cache[name] = load_prior(self.spec(name), self.device, torch.float32, allow_download=False)
-        return self.cache[name]
+        prompt = resolve_prompt(self.spec(name), method) if method else None
+        if (name, prompt) not in self.cache:
+            self.cache[(name, prompt)] = load_prior(self.spec(name), self.device, torch.float32, allow_download=False,
+                                                    prompt=prompt)
+        return self.cache[(name, prompt)]
 
 
 def model_fingerprint(spec) -> str:
@@ -97,7 +102,7 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
     from .registry import METHODS
 
     info = METHODS[cell.method]
-    prior = models.prior(cell.model)
+    prior = models.prior(cell.model, cell.method)
     native = getattr(prior, "sample_size", None)
     hw = None if native is None else ((native, native) if isinstance(native, int) else tuple(native))
     dsg = cell.dsg(info.cls.default_period)
@@ -216,7 +221,8 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
             data["cells"][cell.key] = {**entry, "status": "ok", **out, "wall_seconds": time.time() - t0}
             spec = models.spec(cell.model)
             data["models"][cell.model] = {**spec.record(),
-                                          "resolved_revision": getattr(models.prior(cell.model), "resolved_revision", None)}
+                                          "resolved_revision": getattr(models.prior(cell.model, cell.method),
+                                                                       "resolved_revision", None)}
         except ModelUnavailable as e:
             data["cells"][cell.key] = {**entry, "status": "failed", "error": str(e)}
         except Exception as e:  # noqa: BLE001 - one failing cell never loses the others

@@ -375,9 +375,12 @@ def models_convert(
     from .hub import ModelUnavailable, convert_checkpoint
 
     quiet_libraries()
-    record = {"model": str(output.resolve()), "source_file": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)}
     try:
+        record = {"model": str(output.resolve()), "source_file": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)}
         path = convert_checkpoint(fmt, checkpoint, arch, output.resolve(), record, ema=ema)
+    except OSError as e:  # an unreadable file
+        err.print(f"[red]error:[/red] {checkpoint}: {e.strerror or e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     except ModelUnavailable as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)

@@ -273,6 +273,12 @@ def convert_checkpoint(spec_format: str, ckpt: Path, arch: str, dest: Path, reco
         return convert_ldm(sd, arch, dest, record, ema=ema)
     except ConversionError as e:
         raise ModelUnavailable(str(e)) from None
+    except (OSError, RuntimeError, MemoryError) as e:  # a full disk, too little memory: one line
+        raise ModelUnavailable(f"converting {Path(ckpt).name} failed: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None, allow_download: bool = True) -> Path:
@@ -296,13 +302,16 @@ def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None,
                 sha = _download_url(spec.url, part, tqdm_class)
             except ModelUnavailable:
                 raise
-            except Exception as e:  # noqa: BLE001 - network, HTTP: one line
-                raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {e})") from None
+            except Exception as e:  # noqa: BLE001 - network, HTTP, a full disk: one line
+                raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {_first_line(e)})") from None
             _check_sha(part, sha, spec.sha256, spec.url)
             record |= {"url": spec.url, "sha256": sha, "sha256_verified": bool(spec.sha256)}
             if spec.url.lower().split("?")[0].endswith(".zip"):
                 ckpt = tmp / spec.filename
-                _extract_member(part, spec.filename, ckpt)
+                try:
+                    _extract_member(part, spec.filename, ckpt)
+                except OSError as e:  # a full disk while extracting
+                    raise ModelUnavailable(f"extracting {spec.filename} failed: {_first_line(e)}") from None
                 part.unlink()
             else:
                 ckpt = part
@@ -333,7 +342,8 @@ def _hub_file(spec: ModelSpec, token, tqdm_class) -> tuple[Path, str, bool, str 
             hub_sha, commit = _hub_expected_sha(spec, token)
             expected = expected or hub_sha
         kwargs = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
-        path = Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision, token=token, **kwargs))
+        # at the commit the expected sha256 was read for, so that a moving branch cannot mismatch them
+        path = Path(hf_hub_download(spec.repo_id, spec.filename, revision=commit or spec.revision, token=token, **kwargs))
     except Exception as e:  # noqa: BLE001 - network, auth, missing file: one line
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {first})") from None

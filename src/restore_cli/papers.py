@@ -137,7 +137,8 @@ def comparison(cells: list, results: dict, table: dict) -> list[dict]:
             mean = ours.get("mean") if isinstance(ours, dict) else None
             rows.append({"cell": cell.label, "key": cell.key, "metric": metric,
                          "ours": mean, "ours_std": ours.get("std") if isinstance(ours, dict) else None,
-                         "paper": list(pub[metric]), "verdict": verdict(metric, mean, pub[metric])
+                         "paper": list(pub[metric]) if isinstance(pub[metric], (list, tuple)) else [pub[metric]],
+                         "verdict": verdict(metric, mean, pub[metric])
                          if entry and entry.get("status") == "ok" else "not run",
                          "source": f"{table.get('table', '')}, line {pub.get('source_line', '?')}"})
     return rows

@@ -147,6 +147,23 @@ def noise_unit(task: str) -> tuple[float, str]:
     return NOISE_UNITS.get(task, DEFAULT_NOISE_UNIT)
 
 
+def resolve_prompt(model: ModelSpec, method: str, prompt: str | None = None) -> str | None:
+    """The prompt a text-conditioned model runs with: ``prompt`` if given, else the model's
+    ``default_prompt``, except PSLD on a model with a text encoder (Stable Diffusion), which uses the
+    empty prompt as PSLD's code does.  None for a model without text conditioning."""
+    text_conditioned = model.default_prompt is not None or any(
+        c in model.components for c in ("text_encoder", "class_prompts"))
+    if prompt is not None:
+        if not text_conditioned:
+            raise UsageError(f"--prompt: model {model.name!r} is not text-conditioned")
+        return prompt
+    if not text_conditioned:
+        return None
+    if method == "psld" and "text_encoder" in model.components:
+        return ""
+    return model.default_prompt or ""
+
+
 def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Generators, noise_sigma: float) -> ops.Operator:
     """The task's operator for a batch of images of ``shape`` (per-image random parameters from ``gens``);
     ``noise_sigma`` in the papers' units (:func:`noise_unit`)."""

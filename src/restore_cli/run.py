@@ -25,7 +25,7 @@ from .io import FITS, ImageReadError, fit_to, list_images, read_image, side_by_s
 from .batch import error_line, score, solve_batch
 from .metrics import LPIPS, lpips_status
 from .registry import (METHODS, TASKS, MethodInfo, UsageError, check_method, noise_unit, parse_set, resolve_device,
-                       resolve_dtype)
+                       resolve_dtype, resolve_prompt)
 from .report import SCHEMA_VERSION, environment, summarize
 from .solvers import DiffStateGrad, StepInfo
 
@@ -135,18 +135,7 @@ def resolve(cfg: RunConfig) -> Plan:
 
 def _prompt(cfg: RunConfig, model: ModelSpec, info: MethodInfo) -> str | None:
     """``--prompt``, else the model's default; PSLD on Stable Diffusion uses the empty prompt (its code's)."""
-    text_conditioned = model.default_prompt is not None or any(
-        c in model.components for c in ("text_encoder", "class_prompts"))
-    if cfg.prompt is not None:
-        if not text_conditioned:
-            raise UsageError(f"--prompt: model {model.name!r} is not text-conditioned")
-        return cfg.prompt
-    if not text_conditioned:
-        return None
-    if info.name == "psld" and "text_encoder" in model.components:
-        return ""
-    return model.default_prompt or ""
-
+    return resolve_prompt(model, info.name, cfg.prompt)
 
 def _stems(images: list[Path]) -> list[str]:
     seen: dict[str, int] = {}

@@ -58,7 +58,7 @@ def learned_noise_std(v: torch.Tensor, sigma: float, sigma_next: float) -> torch
     a_t, a_n = 1.0 / (1.0 + sigma**2), 1.0 / (1.0 + sigma_next**2)
     beta = 1.0 - a_t / a_n
     beta_tilde = beta * (1.0 - a_n) / (1.0 - a_t)
-    f = (v.clamp(-1, 1) + 1) / 2
+    f = (v + 1) / 2  # unclamped, as guided-diffusion
     log_var = f * math.log(beta) + (1 - f) * math.log(beta_tilde)
     return (0.5 * log_var).exp() * math.sqrt(1.0 + sigma_next**2)
 

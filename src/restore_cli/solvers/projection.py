@@ -86,6 +86,8 @@ def _flat_count(s: torch.Tensor, tau: float) -> torch.Tensor:
 def channels_rank(s: torch.Tensor, tau: float) -> torch.Tensor:
     """The released code's rank generalised to ``C`` channels: ``int(n / C)`` for every channel of an image,
     with ``n`` as in :func:`reference_rank` (``C = 3``: the code's rule; ``C = 1``: the paper's rank).
+    At least 1: where the code's ``int(n / 3)`` is 0 (``n < 3``, a state whose first direction holds
+    almost all the energy) it projects onto nothing, which we do not copy.
     ``s``: ``[B, C, K]``; returns ``[B, C]`` in ``1..K``."""
     n = _flat_count(s, tau)
     r = torch.div(n, s.shape[-2], rounding_mode="floor").clamp(1, s.shape[-1])

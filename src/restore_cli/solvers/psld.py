@@ -56,7 +56,9 @@ class PSLD(GMLDPS):
         if self.hp["glue"] == "adjoint":
             return self.op.A_adjoint(v)
         if self.op.name == "superres":
-            return F.interpolate(v, scale_factor=self.op.factor, mode="nearest")
+            up = F.interpolate(v, scale_factor=self.op.factor, mode="nearest")
+            h, w = self.op.in_shape[1:]  # a side that is not a multiple of the factor: pad back to it
+            return F.pad(up, (0, w - up.shape[-1], 0, h - up.shape[-2]))
         return v  # deblurring and inpainting: the identity
 
     def glue(self, img: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
