@@ -29,6 +29,25 @@ from .base import Prior, Schedule, as_batch_sigma, vp_scale
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
+def unet_x0(unet, x, sigma, schedule: Schedule, prediction_type: str, cond=None):
+    """``(x0, v)``: the VE Tweedie estimate of a VP network (epsilon, v or sample prediction) and, for a
+    learned-range model (``2C`` output channels), its variance interpolation ``v`` (else None)."""
+    p = next(unet.parameters())
+    t = schedule.sigma_to_t(sigma.reshape(-1).detach().cpu()).to(device=x.device, dtype=torch.float32)
+    a = vp_scale(sigma)
+    kw = {} if cond is None else {"encoder_hidden_states": cond.to(p.dtype)}
+    out = unet((x * a).to(p.dtype), t, **kw).sample.to(x.dtype)
+    c = x.shape[1]
+    var = None
+    if out.shape[1] == 2 * c:  # learned range: mean prediction, then the variance interpolation v
+        out, var = out[:, :c], out[:, c:]
+    if prediction_type == "epsilon":
+        return x - sigma * out, var
+    if prediction_type == "v_prediction":
+        return a * (x * a) - (1 - a**2).sqrt() * out, var
+    return out, var
+
+
 class DiffusionPrior(Prior):
     name = "diffusion"
 
@@ -69,20 +88,7 @@ class DiffusionPrior(Prior):
         return self._forward(x, as_batch_sigma(sigma, x))
 
     def _forward(self, x, sigma):
-        p = next(self.unet.parameters())
-        t = self.schedule.sigma_to_t(sigma.reshape(-1).detach().cpu()).to(device=x.device, dtype=torch.float32)
-        a_sqrt = vp_scale(sigma)
-        out = self.unet((x * a_sqrt).to(p.dtype), t).sample.to(x.dtype)
-        c = x.shape[1]
-        var = None
-        if out.shape[1] == 2 * c:  # learned range: mean prediction, then the variance interpolation v
-            out, var = out[:, :c], out[:, c:]
-        if self.prediction_type == "epsilon":
-            x0 = x - sigma * out
-        elif self.prediction_type == "v_prediction":
-            x0 = a_sqrt * (x * a_sqrt) - (1 - a_sqrt**2).sqrt() * out
-        else:
-            x0 = out
+        x0, var = unet_x0(self.unet, x, sigma, self.schedule, self.prediction_type)
         return (x0.clamp(-1, 1) if self.clip else x0), var
 
     def info(self):

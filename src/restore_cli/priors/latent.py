@@ -32,25 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from ..rng import randn_like
-from .base import Prior, Schedule, vp_scale
+from .base import Prior, Schedule
+from .diffusion import unet_x0
 from .gaussian import GaussianPrior
 
 
 def _unet_x0(unet, x, sigma, schedule: Schedule, prediction_type: str, cond=None):
-    """The VE Tweedie estimate of a VP network (epsilon, v or sample prediction)."""
-    p = next(unet.parameters())
-    t = schedule.sigma_to_t(sigma.reshape(-1).detach().cpu()).to(device=x.device, dtype=torch.float32)
-    a = vp_scale(sigma)
-    kw = {} if cond is None else {"encoder_hidden_states": cond.to(p.dtype)}
-    out = unet((x * a).to(p.dtype), t, **kw).sample.to(x.dtype)
-    c = x.shape[1]
-    if out.shape[1] == 2 * c:
-        out = out[:, :c]
-    if prediction_type == "epsilon":
-        return x - sigma * out
-    if prediction_type == "v_prediction":
-        return a * (x * a) - (1 - a**2).sqrt() * out
-    return out
+    """The VE Tweedie estimate of a VP network (the pixel prior's conversion, variance output dropped)."""
+    return unet_x0(unet, x, sigma, schedule, prediction_type, cond)[0]
 
 
 class LatentDiffusionPrior(Prior):
