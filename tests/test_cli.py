@@ -184,7 +184,7 @@ def test_result_does_not_depend_on_batch_size(photos, tmp_path):
     (["inpaint", "--measured", "--mask", "box"], "measured inpainting needs"),
     (["phase-retrieval", "--measured"], "no measured mode"),
     (["deblur", "--border", "mirror"], "--border"),
-    (["inpaint", "--diffstategrad", "--var-cutoff", "1.5"], "var_cutoff"),
+    (["inpaint", "--diffstategrad", "--var-cutoff", "1.5"], "--var-cutoff"),
     (["inpaint", "--steps", "0"], "--steps"),
 ])
 def test_usage_errors_exit_2(args, needle, photos):

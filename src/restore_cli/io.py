@@ -2,51 +2,132 @@
 
 Reading accepts PNG, JPEG, WebP, TIFF and BMP, 8 or 16 bits, grey, grey+alpha,
 RGB and RGBA (alpha is composited onto white); every image becomes a float
-``[C, H, W]`` tensor in ``[0, 1]``.  Writing produces 8-bit PNGs.
+``[C, H, W]`` tensor in ``[0, 1]``, turned upright by its EXIF orientation.
+16-bit colour PNG and TIFF are read at full precision (Pillow has no 16-bit
+colour mode: the high and low bytes are decoded in two passes).  Images
+larger than a pixel limit are refused from their header, before decoding.
+Writing produces 8- or 16-bit PNGs, atomically (unique temporary file, then
+``os.replace``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
+import sys
 import tempfile
+import threading
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
-FITS = ("resize", "pad", "none")
+from .checks import FITS, IMAGE_SUFFIXES, list_images  # noqa: F401 - torch-free; re-exported here
+
+DEFAULT_MAX_PIXELS = 64_000_000
+MAX_PIXELS_ENV = "RESTORE_MAX_PIXELS"
 
 
 class ImageReadError(Exception):
     pass
 
 
-def list_images(paths: list[Path]) -> list[Path]:
-    """Files given directly, and every image file (by suffix) inside given folders, sorted."""
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``read_image_info`` found in the file."""
+
+    bits: int  # 8, or 16 when the file holds more than 8 bits per sample
+    channels: int  # the file's colour channels before conversion: 1 grey, 3 colour
+    converted: str | None  # "colour to grey", "grey to colour" or None
+    orientation: int | None  # the EXIF orientation applied (2..8), None when none
+    size: tuple[int, int]  # (H, W) after orientation
+
+
+def max_pixels_limit(max_pixels: int | None = None) -> int | None:
+    """The pixel limit in force: ``max_pixels``, else env ``RESTORE_MAX_PIXELS``, else 64 MP; None if <= 0."""
+    if max_pixels is None:
+        env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if env:
+            try:
+                max_pixels = int(float(env))
+            except ValueError:
+                raise ImageReadError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {env!r}") from None
         else:
-            out.append(p)
-    return out
+            max_pixels = DEFAULT_MAX_PIXELS
+    return None if max_pixels <= 0 else int(max_pixels)
 
 
-def read_image(path: Path, channels: int | None = None) -> torch.Tensor:
+def read_image(path: Path, channels: int | None = None, max_pixels: int | None = None) -> torch.Tensor:
     """``[C, H, W]`` float in ``[0, 1]``; ``channels`` converts to grey (1) or RGB (3)."""
+    return read_image_info(path, channels, max_pixels)[0]
+
+
+def read_image_info(
+    path: Path, channels: int | None = None, max_pixels: int | None = None
+) -> tuple[torch.Tensor, ImageInfo]:
+    """``read_image`` and what the file held (bit depth, channels, conversion, orientation).
+
+    Raises ``ImageReadError`` (a one-line message) for unreadable files and
+    for images over ``max_pixels`` (see ``max_pixels_limit``), the latter
+    from the header alone, before anything is decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    path = Path(path)
+    limit = max_pixels_limit(max_pixels)
+    size_hint = ""
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr = _to_array(im)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ImageReadError(f"cannot read {path}: {e}") from e
-    return to_channels(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), channels)
+        try:
+            im = _open(path)
+        except UnidentifiedImageError:
+            if path.suffix.lower() not in (".tif", ".tiff"):
+                raise
+            arr, scale, alpha, bits, orientation = _read_tiff_fallback(path, limit)  # e.g. planar 16-bit RGB
+            grey = False
+        else:
+            with im:
+                w, h = im.size
+                size_hint = f" ({w}x{h}, {w * h / 1e6:.1f} MP)"
+                _check_size(path, w, h, limit)
+                tiff16 = _tiff_colour16(im)
+                if tiff16 is not None:  # Pillow misreads some of these (planar ones): tifffile when installed
+                    arr, scale, alpha, bits, orientation = tiff16
+                    grey = False
+                else:
+                    arr, scale, alpha, grey, bits = _decode(im, path)
+                    orientation = _orientation(im)
+        img = _to_tensor(arr, scale, alpha, orientation)
+        del arr
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(
+            f"cannot read {path}: out of memory decoding it{size_hint}; "
+            f"set {MAX_PIXELS_ENV}=N to refuse images over N pixels"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(
+            f"cannot read {path}: {_one_line(e)}; set {MAX_PIXELS_ENV}=N to allow larger images"
+        ) from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as e:
+        raise ImageReadError(f"cannot read {path}: {_one_line(e)}") from e
+    if grey and img.shape[0] == 3:  # 16-bit grey+alpha, which Pillow opens as RGBA
+        img = img[:1]
+    file_channels = img.shape[0]
+    out = to_channels(img, channels)
+    converted = None
+    if file_channels == 3 and out.shape[0] == 1:
+        converted = "colour to grey"
+    elif file_channels == 1 and out.shape[0] == 3:
+        converted = "grey to colour"
+    info = ImageInfo(bits=bits, channels=file_channels, converted=converted, orientation=orientation,
+                     size=(int(out.shape[-2]), int(out.shape[-1])))
+    return out, info
 
 
 def to_channels(img: torch.Tensor, channels: int | None) -> torch.Tensor:
@@ -58,36 +139,296 @@ def to_channels(img: torch.Tensor, channels: int | None) -> torch.Tensor:
     return img
 
 
-def _to_array(im) -> np.ndarray:
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        a = a / (65535.0 if a.max() > 255 or mode.startswith("I;16") else 255.0)
-        return np.clip(a, 0, 1)[None]
-    if mode == "F":
-        return np.clip(np.asarray(im, dtype=np.float64), 0, 1)[None]
-    if mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in im.info):
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64) / 255.0
-        rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # composite onto white
-        if mode == "LA":
-            return rgb[..., :1].transpose(2, 0, 1)
-        return rgb.transpose(2, 0, 1)
-    if mode in ("L", "1"):
-        return (np.asarray(im.convert("L"), dtype=np.float64) / 255.0)[None]
-    return (np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0).transpose(2, 0, 1)
+_PIL_OPEN_LOCK = threading.Lock()
 
 
-def write_png(path: Path, img: torch.Tensor) -> None:
-    """Write a ``[C, H, W]`` image in ``[0, 1]`` as an 8-bit PNG (atomically)."""
+def _open(path: Path):
+    """``Image.open`` (lazy: header only) without Pillow's own pixel limit; ours is checked next."""
     from PIL import Image
 
-    a = (img.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    with _PIL_OPEN_LOCK:
+        prev = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = prev
+
+
+def _check_size(path: Path, w: int, h: int, limit: int | None) -> None:
+    if limit is not None and w * h > limit:
+        raise ImageReadError(
+            f"cannot read {path}: the image is {w}x{h} ({w * h / 1e6:.1f} MP), over the limit of "
+            f"{limit / 1e6:g} MP ({limit} pixels); set {MAX_PIXELS_ENV}=N to allow larger images (0: no limit)"
+        )
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _rawmode(tile) -> str:
+    args = tile[3] if not hasattr(tile, "args") else tile.args
+    rm = args[0] if isinstance(args, tuple) else args
+    return rm if isinstance(rm, str) else ""
+
+
+def _file_bits(im, rawmode: str) -> int:
+    if im.mode in ("I", "F") or im.mode.startswith("I;16") or ";16" in rawmode:
+        return 16
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None:
+        bps = tags.get(258)
+        bps = bps if isinstance(bps, tuple) else (bps,)
+        if any(isinstance(b, int) and b > 8 for b in bps):
+            return 16
+    return 8
+
+
+def _decode(im, path: Path):
+    """Pixels as an integer or float ``[H, W]`` / ``[H, W, C]`` array with the value of white, and flags."""
+    tiles = list(im.tile)
+    rawmode = _rawmode(tiles[0]) if tiles else ""
+    bits = _file_bits(im, rawmode)
+    mode = im.mode
+    grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16") or rawmode.startswith("LA;")
+    im.load()
+    if mode.startswith("I;16"):
+        return np.asarray(im), 65535.0, False, grey, bits
+    if mode == "I":
+        a = np.asarray(im)
+        return a, (65535.0 if a.size and a.max() > 255 else 255.0), False, grey, bits
+    if mode == "F":
+        return np.clip(np.asarray(im), 0, 1), 1.0, False, grey, bits
+    if mode in ("RGB", "RGBA") and tiles and all(_rawmode(t).startswith(mode + ";16") for t in tiles):
+        hi = np.asarray(im)
+        lo = _low_bytes(path, im)
+        if lo is not None:
+            return (hi.astype(np.uint16) << 8) | lo, 65535.0, mode == "RGBA", grey, bits
+        return hi, 255.0, mode == "RGBA", grey, bits
+    if mode in ("L", "RGB"):
+        return np.asarray(im), 255.0, False, grey, bits
+    if mode == "LA":
+        return np.asarray(im), 255.0, True, grey, bits
+    if mode in ("1",):
+        return np.asarray(im.convert("L")), 255.0, False, grey, bits
+    if mode in ("RGBA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
+        a = np.asarray(im.convert("RGBA"))
+        return (a[..., [0, 3]] if grey else a), 255.0, True, grey, bits
+    return np.asarray(im.convert("RGB")), 255.0, False, grey, bits
+
+
+def _low_bytes(path: Path, im) -> np.ndarray | None:
+    """The low bytes of a 16-bit colour image: decoded again with the byte order of its raw mode swapped.
+
+    Pillow keeps only the high byte of 16-bit colour samples (its ``RGB`` and
+    ``RGBA`` modes are 8-bit); the ``;16L`` unpacker of big-endian data (and
+    ``;16B`` of little-endian data) picks the other byte, after the format's
+    decoder (PNG filters, TIFF compression, ...) has run.  None if that fails.
+    """
+    swap = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
+    try:
+        with _open(path) as im2:
+            if im2.mode != im.mode or im2.size != im.size:
+                return None
+            tiles = []
+            for t in im2.tile:
+                rm = _rawmode(t)
+                rm2 = rm[:-1] + swap[rm[-1]]
+                args = t[3]
+                args = (rm2,) + tuple(args[1:]) if isinstance(args, tuple) else rm2
+                tiles.append(t._replace(args=args) if hasattr(t, "_replace") else (t[0], t[1], t[2], args))
+            im2.tile = tiles
+            im2.load()
+            lo = np.asarray(im2)
+    except (KeyError, ValueError, OSError, AttributeError, TypeError, IndexError, SyntaxError):
+        return None
+    return lo if lo.shape == np.shape(im) else None
+
+
+def _tiff_colour16(im):
+    """A 16-bit colour TIFF read by ``tifffile`` (``_read_tiff_fallback``'s result), or None to use Pillow."""
+    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA") or not im.tile:
+        return None
+    if _file_bits(im, _rawmode(im.tile[0])) != 16:
+        return None
+    try:
+        import tifffile  # noqa: F401  (installed with scikit-image)
+    except ImportError:
+        return None
+    try:
+        return _read_tiff_fallback(Path(im.filename), None)
+    except ValueError:
+        return None
+
+
+def _read_tiff_fallback(path: Path, limit: int | None):
+    """TIFFs Pillow cannot open (e.g. 16-bit RGB stored by planes), through ``tifffile`` when installed."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        import tifffile
+    except ImportError:
+        raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages[0]
+            w, h = int(page.imagewidth), int(page.imagelength)
+            _check_size(path, w, h, limit)
+            axes, a = page.axes, page.asarray()
+            tag = page.tags.get(274)
+            orientation = int(tag.value) if tag is not None else None
+            orientation = orientation if orientation is not None and 2 <= orientation <= 8 else None
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # tifffile's own errors (unsupported compression, broken file, ...)
+        raise ValueError(_one_line(e)) from e
+    if axes.endswith("S") and a.ndim == 3:
+        pass
+    elif axes.startswith("S") and a.ndim == 3:
+        a = np.moveaxis(a, 0, -1)
+    elif a.ndim != 2:
+        raise ValueError(f"unsupported TIFF layout {axes!r} {a.shape}")
+    if a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"unsupported TIFF with {a.shape[-1]} samples per pixel")
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype.kind == "f":
+        a, scale, bits = np.clip(a, 0, 1), 1.0, 16
+    elif a.dtype.kind in "ui":
+        scale, bits = float(np.iinfo(a.dtype).max), (8 if a.dtype.itemsize == 1 else 16)
+    elif a.dtype == bool:
+        a, scale, bits = a.astype(np.uint8), 1.0, 8
+    else:
+        raise ValueError(f"unsupported TIFF sample type {a.dtype}")
+    alpha = a.ndim == 3 and a.shape[-1] in (2, 4)
+    return a, scale, alpha, bits, orientation
+
+
+def _orientation(im) -> int | None:
+    try:
+        o = im.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block: ignore it as viewers do
+        return None
+    return int(o) if isinstance(o, int) and 2 <= o <= 8 else None
+
+
+def _orient(a: np.ndarray, orientation: int | None) -> np.ndarray:
+    """``ImageOps.exif_transpose`` on an ``[H, W, ...]`` array (views, no copy)."""
+    if orientation == 2:
+        return a[:, ::-1]
+    if orientation == 3:
+        return a[::-1, ::-1]
+    if orientation == 4:
+        return a[::-1]
+    if orientation == 5:
+        return a.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(a, -1)
+    if orientation == 7:
+        return a[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(a, 1)
+    return a
+
+
+def _to_tensor(a: np.ndarray, scale: float, alpha: bool, orientation: int | None) -> torch.Tensor:
+    a = _orient(a, orientation)
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    elif a.dtype.byteorder not in ("=", "|"):
+        a = a.astype(a.dtype.newbyteorder("="))
+    a = np.require(a, requirements=["C", "W"])  # one copy of the integer data, in [C, H, W] order
+    img = torch.from_numpy(a).to(torch.float32)
+    if scale != 1.0:
+        img.div_(scale)
+    if alpha:
+        al = img[-1:]
+        img = img[:-1] * al + (1 - al)  # composite onto white
+    return img
+
+
+def write_png(path: Path, img: torch.Tensor, bits: int = 8) -> None:
+    """Write a ``[C, H, W]`` image in ``[0, 1]`` as an 8- or 16-bit PNG, atomically.
+
+    C is 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA).
+    """
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    x = img.detach().float().clamp(0, 1).cpu().numpy()
+    if x.ndim != 3 or x.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(f"expected a [C, H, W] image with 1 to 4 channels, got shape {tuple(x.shape)}")
+    maxval = 255 if bits == 8 else 65535
+    a = (x * maxval + 0.5).astype(np.uint8 if bits == 8 else np.uint16)
     a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    if bits == 8:
+        from PIL import Image
+
+        pil = Image.fromarray(np.ascontiguousarray(a))
+        _write_atomic(path, lambda f: pil.save(f, format="PNG"))
+    else:
+        data = encode_png16(a)
+        _write_atomic(path, lambda f: f.write(data))
+
+
+def encode_png16(a: np.ndarray) -> bytes:
+    """A 16-bit PNG of a ``uint16`` ``[H, W]`` or ``[H, W, C]`` array (C: 1 to 4), rows Sub-filtered."""
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[..., None]
+    h, w, c = a.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = np.ascontiguousarray(a, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
+    bpp = 2 * c
+    filtered = np.empty((h, 1 + rows.shape[1]), np.uint8)
+    filtered[:, 0] = 1  # Sub: each byte minus the same byte of the pixel to its left
+    filtered[:, 1:1 + bpp] = rows[:, :bpp]
+    np.subtract(rows[:, bpp:], rows[:, :-bpp], out=filtered[:, 1 + bpp:])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    idat = zlib.compress(filtered.tobytes(), 6)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def _write_atomic(path: Path, write, text: bool = False) -> None:
+    """``write(f)`` into a temporary file unique to this writer next to ``path``, then ``os.replace``.
+
+    The temporary file is removed on any failure; the result gets the
+    permissions of a normally created file (umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(a).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with (os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb")) as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def resize(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -132,23 +473,49 @@ def unfit(img: torch.Tensor, how: dict) -> torch.Tensor:
     return img
 
 
+def json_safe(obj):
+    """``obj`` with every non-finite float (NaN, inf), at any depth of dicts and lists, replaced by None.
+
+    Tuples become lists and numpy scalars Python numbers, as ``json`` would write them.
+    """
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
+    """``obj`` as indented JSON, non-finite floats written as null, atomically."""
+    data = json_safe(obj)
+
+    def write(f):
+        json.dump(data, f, indent=2, allow_nan=False)
         f.write("\n")
-    os.replace(tmp, path)
+
+    _write_atomic(path, write, text=True)
 
 
-def side_by_side(images: list[torch.Tensor], gap: int = 4) -> torch.Tensor:
-    """Images (``[C, H, W]``, resized to the first one's height) side by side on white."""
+def side_by_side(images: list[torch.Tensor], gap: int = 4, min_height: int = 256) -> torch.Tensor:
+    """Images (``[C, H, W]``, resized to the first one's height) side by side on white.
+
+    Below ``min_height`` every image is enlarged by the smallest integer
+    factor that reaches it, nearest neighbour (each pixel a square block), so
+    that small images stay readable; the gap is not enlarged.
+    """
     h = images[0].shape[-2]
     c = max(i.shape[0] for i in images)
+    k = math.ceil(min_height / h) if min_height and h < min_height else 1
     tiles = []
     for im in images:
         im = im.expand(c, -1, -1) if im.shape[0] != c else im
         w = max(1, round(im.shape[-1] * h / im.shape[-2]))
-        tiles += [resize(im, (h, w)), torch.ones(c, h, gap)]
+        im = resize(im, (h, w))
+        if k > 1:
+            im = im.repeat_interleave(k, -2).repeat_interleave(k, -1)
+        tiles += [im, torch.ones(c, h * k, gap, dtype=im.dtype)]
     return torch.cat(tiles[:-1], -1)

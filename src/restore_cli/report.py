@@ -10,7 +10,7 @@ import torch
 
 from . import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: config.method.overrides, config.warnings, status "pending"
 METRIC_KEYS = ("psnr", "ssim", "lpips", "residual", "nfe", "n_backward", "seconds", "peak_memory_mb")
 
 
@@ -53,5 +53,5 @@ def summarize(records: list[dict]) -> dict:
     out = {}
     for k in METRIC_KEYS:
         out[k] = mean_std([r.get(k) for r in records if r.get("status") in ("ok", "skipped")])
-    out["images"] = {s: sum(r.get("status") == s for r in records) for s in ("ok", "failed", "skipped")}
+    out["images"] = {s: sum(r.get("status") == s for r in records) for s in ("ok", "failed", "skipped", "pending")}
     return out

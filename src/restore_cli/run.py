@@ -1,16 +1,21 @@
-"""resolve -> load -> for each batch: measure, solve, write -> a report (metrics.json).
+"""resolve -> load -> for each batch: read, measure, solve, write -> a report (metrics.json).
 
-:func:`resolve` checks every name and option and raises :class:`UsageError`
-before anything is downloaded or loaded; :func:`execute` loads the model and
-processes the images batch by batch, writing each image's outputs and an
-updated ``metrics.json`` after every batch, so an interrupted run loses
-nothing already written and a rerun skips what exists.  A failure on one
-image is recorded and never loses the others.
+:func:`resolve` checks every name and option (``checks.py``) and raises :class:`UsageError`
+before anything is downloaded or loaded; :func:`execute` locks the output folder, loads the model
+and reads and processes the images batch by batch, writing each image's outputs and an updated
+``metrics.json`` after every batch, so an interrupted run loses nothing already written (the images
+not reached are "pending") and a rerun with the same settings skips what exists; a rerun with other
+settings is refused.  A failure on one image (unreadable, too large, diverged) is recorded and never
+loses the others.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,48 +24,16 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
-from .config import ConfigError, ModelSpec, load_registry
+from .checks import RunConfig, check  # noqa: F401 - RunConfig is part of this module's API
+from .config import ModelSpec
 from .hub import ModelUnavailable, load_prior
-from .io import FITS, ImageReadError, fit_to, list_images, read_image, side_by_side, unfit, write_json_atomic, write_png
+from .io import ImageReadError, fit_to, read_image_info, side_by_side, unfit, write_json_atomic, write_png
 from .batch import error_line, score, solve_batch
 from .metrics import LPIPS, lpips_status
-from .registry import (METHODS, TASKS, MethodInfo, UsageError, check_method, noise_unit, parse_set, resolve_device,
-                       resolve_dtype, resolve_prompt)
+from .catalog import TASK_DEFAULTS
+from .registry import MethodInfo, UsageError, noise_unit, parse_set, resolve_device, resolve_dtype, resolve_prompt
 from .report import SCHEMA_VERSION, environment, summarize
 from .solvers import DiffStateGrad, StepInfo
-
-
-
-@dataclass
-class RunConfig:
-    task: str
-    inputs: list[Path]
-    method: str = "dps"
-    model: str | None = None
-    models_file: Path | None = None
-    prompt: str | None = None
-    output: Path = Path("restored")
-    measured: bool = False
-    diffstategrad: bool = False
-    var_cutoff: float = 0.99
-    period: int | None = None
-    rank_mode: str = "channels"
-    device: str = "auto"
-    dtype: str = "fp32"
-    steps: int | None = None
-    seed: int = 0
-    noise_sigma: float = 0.01
-    batch_size: int = 1
-    sets: list[str] = field(default_factory=list)
-    task_opts: dict[str, Any] = field(default_factory=dict)
-    fit: str = "resize"
-    compare: bool = False
-    overwrite: bool = False
-    lpips_net: str = "alex"
-    restarts: int | None = None
-    restart_rule: str = "residual"
-    low_memory: bool = False
-    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,80 +48,103 @@ class Plan:
     images: list[Path]
     restarts: int
     prompt: str | None = None  # the text prompt a text-conditioned model runs with
+    stems: list[str] = field(default_factory=list)  # each image's output stem (checks.output_stems)
+    overrides: dict = field(default_factory=dict)  # the hyperparameters given (--set, --steps)
+    warnings: list[str] = field(default_factory=list)  # said once before the run, recorded in metrics.json
 
 
 def resolve(cfg: RunConfig) -> Plan:
     """Validate the whole run; raises UsageError (exit 2) before any download or load."""
-    if cfg.task not in TASKS:
-        raise UsageError(f"unknown task {cfg.task!r}; available: {', '.join(TASKS)}")
-    try:
-        reg = load_registry(cfg.models_file)
-        name = cfg.model
-        if name is None:
-            info = METHODS.get(cfg.method)
-            name = reg.defaults.get(info.default_kind if info else "pixel", "gaussian")
-        model = reg.get(name)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
-    info = check_method(cfg.method, cfg.task, model)
+    c = check(cfg)
+    info = c.method
     hp = parse_set(cfg.sets, info)
     if cfg.steps is not None:
-        if cfg.steps < 1:
-            raise UsageError("--steps must be >= 1")
         hp[info.steps_key] = cfg.steps
-    if cfg.measured and not TASKS[cfg.task].measured:
-        raise UsageError(f"{cfg.task} has no measured mode (give a clean reference image instead)")
-    if cfg.measured and cfg.task == "inpaint" and cfg.task_opts.get("mask", "box") in ("box", "random", "freeform"):
-        raise UsageError("measured inpainting needs the mask of the damaged pixels: --mask PATH (white = missing)")
-    for key in ("mask", "kernel"):
-        v = cfg.task_opts.get(key)
-        if v is not None and v not in ("box", "random", "freeform", "gaussian", "motion", "uniform") and not Path(v).is_file():
-            raise UsageError(f"--{key} {v!r}: not a known {key} type nor an existing file")
-    if cfg.fit not in FITS:
-        raise UsageError(f"--fit must be one of {', '.join(FITS)}")
-    if cfg.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
-    if cfg.noise_sigma < 0:
-        raise UsageError("--noise-sigma must be >= 0")
     dsg = None
     if cfg.diffstategrad:
         try:
             dsg = DiffStateGrad(cfg.var_cutoff, cfg.period or info.cls.default_period, cfg.rank_mode)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    restarts = cfg.restarts if cfg.restarts is not None else TASKS[cfg.task].default_restarts
-    if restarts < 1:
-        raise UsageError("--restarts must be >= 1")
-    if cfg.restart_rule == "oracle" and cfg.measured:
-        raise UsageError("the oracle restart rule needs reference images (not --measured)")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    missing = [p for p in cfg.inputs if not Path(p).exists()]
-    if missing:
-        raise UsageError(f"no such file or folder: {missing[0]}")
-    images = list_images(cfg.inputs)
-    if not images:
-        raise UsageError("no input images found")
     # solver construction validates the hyperparameters' values against the task (cheap, no model)
-    return Plan(cfg, model, info, hp, dsg, device, dtype, images, restarts, _prompt(cfg, model, info))
+    return Plan(cfg, c.model, info, hp, dsg, device, dtype, c.images, c.restarts,
+                resolve_prompt(c.model, info.name, cfg.prompt), c.stems, dict(hp), steps_warnings(info, hp))
 
 
-def _prompt(cfg: RunConfig, model: ModelSpec, info: MethodInfo) -> str | None:
-    """``--prompt``, else the model's default; PSLD on Stable Diffusion uses the empty prompt (its code's)."""
-    return resolve_prompt(model, info.name, cfg.prompt)
+def steps_warnings(info: MethodInfo, hp: dict) -> list[str]:
+    """A warning when fewer steps are asked for than the method's step sizes were tuned for."""
+    tuned = info.cls.defaults.get(info.steps_key)
+    steps = hp.get(info.steps_key)
+    if not tuned or steps is None or steps >= tuned:
+        return []
+    return [f"{info.name}'s step sizes are tuned for {tuned} {info.steps_key.replace('_', ' ')}; at {steps} expect a "
+            f"much worse (even noisy) result unless you also retune them with --set"]
 
-def _stems(images: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for p in images:
-        s = p.stem
-        if s in seen:
-            seen[s] += 1
-            s = f"{s}-{seen[s]}"
-        else:
-            seen[s] = 0
-        out.append(s)
-    return out
+
+# the parts of metrics.json's "config" that decide the results: a rerun resumes only when they all match
+RESULT_KEYS = (("task",), ("mode",), ("operator", "task_options"), ("operator", "noise_sigma"), ("method", "name"),
+               ("method", "overrides"), ("method", "diffstategrad"), ("restarts",), ("model", "name"),
+               ("model", "revision"), ("model", "prompt"), ("seed",), ("dtype",), ("fit",), ("lpips", "net"))
+
+
+def _get(d: dict, path: tuple):
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every result-deciding setting that differs between two runs' configs."""
+    return [f"{'.'.join(k)}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in RESULT_KEYS if _get(old, k) != _get(new, k)]
+
+
+@contextmanager
+def output_lock(folder: Path):
+    """Hold ``folder/.restore.lock`` for the run: a second run into the same folder is refused at once
+    (UsageError) instead of mixing its files and records with this one's.  The OS drops the lock when
+    the process dies, so a killed run never leaves the folder locked; a finished run removes the file."""
+    path = folder / ".restore.lock"
+    while True:
+        f = open(path, "a+")
+        try:
+            _try_lock(f)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "?"
+            f.close()
+            raise UsageError(f"another restore run ({who}) is writing to {folder}; wait for it to finish "
+                             "or choose another -o") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break  # we hold the lock on the file that is there now
+        except FileNotFoundError:
+            pass
+        f.close()  # the file was removed by the run we waited on: lock the new one
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, started {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        f.flush()
+        yield
+    finally:
+        try:
+            os.unlink(path)  # while still locked, so that no other run can hold this inode
+        except OSError:
+            pass
+        f.close()
+
+
+def _try_lock(f) -> None:
+    if sys.platform == "win32":  # pragma: no cover
+        import msvcrt
+
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 @dataclass
@@ -165,65 +161,109 @@ Events = Callable[[str, dict], None]
 
 
 def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report:
-    """Run a resolved plan; ``events(kind, info)`` receives progress ("model", "batch", "step", "image")."""
-    cfg = plan.cfg
-    emit = events or (lambda kind, info: None)
-    out = Path(cfg.output)
+    """Run a resolved plan; ``events(kind, info)`` receives progress ("model", "batch", "step", "image",
+    "warning").  Holds the output folder's lock throughout (a second run into it is refused)."""
+    out = Path(plan.cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.json"
-    previous = {}
-    if metrics_path.exists() and not cfg.overwrite:
-        try:
-            import json
+    with output_lock(out):
+        return _execute(plan, out, events or (lambda kind, info: None), tqdm_class)
 
-            previous = {r["input"]: r for r in json.loads(metrics_path.read_text()).get("images", [])}
-        except Exception:  # noqa: BLE001 - a damaged file is simply not reused
-            previous = {}
-    stems = _stems(plan.images)
-    records: list[dict | None] = [None] * len(plan.images)
-    started = datetime.now(timezone.utc).isoformat()
+
+def _previous_records(plan: Plan, out: Path, config: dict) -> dict[str, dict]:
+    """The records of an earlier run into ``out`` to resume from (by input), after checking that it ran
+    with the same result-deciding settings; a UsageError names what differs."""
+    cfg = plan.cfg
+    metrics_path = out / "metrics.json"
+    if cfg.overwrite:
+        return {}
+    done = [s for s in plan.stems if (out / f"{s}.png").exists()]
+    if not metrics_path.exists():
+        if done:
+            raise UsageError(f"{out} holds restored images ({done[0]}.png, ...) but no metrics.json saying how they "
+                             "were made; use --overwrite to redo them, or another -o")
+        return {}
+    try:
+        old = json.loads(metrics_path.read_text())
+        old_config, old_images = old["config"], old.get("images", [])
+        version = old.get("schema_version", 0)
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"{metrics_path} is not a readable restore metrics file ({type(e).__name__}); "
+                         "use --overwrite to start over, or another -o") from None
+    if version < 2:
+        raise UsageError(f"{out} holds results of an older restore (metrics schema {version}); "
+                         "use --overwrite to redo them with this one, or another -o")
+    diff = config_differences(old_config, config)
+    if diff:
+        raise UsageError(f"{out} holds results made with other settings ({'; '.join(diff)}); "
+                         "use --overwrite to redo them with these, or another -o")
+    return {r["input"]: r for r in old_images if isinstance(r, dict) and "input" in r}
+
+
+def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
+    cfg = plan.cfg
+    metrics_path = out / "metrics.json"
+    stems = plan.stems
     data = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "restore", "version": __version__},
         "command": cfg.argv,
-        "started": started,
+        "started": datetime.now(timezone.utc).isoformat(),
         "finished": None,
         "config": {
             "task": cfg.task, "mode": "measured" if cfg.measured else "reference",
-            "operator": {"task_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.task_opts.items()},
+            "operator": {"task_options": {k: (str(v) if isinstance(v, Path) else v)
+                                          for k, v in {**TASK_DEFAULTS[cfg.task], **cfg.task_opts}.items()},
                          "noise_sigma": cfg.noise_sigma, "noise_unit": noise_unit(cfg.task)[1],
                          "sigma_y_01": cfg.noise_sigma / noise_unit(cfg.task)[0]},
-            "method": {"name": plan.method.name, "hyperparameters": None,
+            "method": {"name": plan.method.name, "overrides": plan.overrides, "hyperparameters": None,
                        "diffstategrad": plan.dsg.params() if plan.dsg else None},
             "restarts": {"count": plan.restarts, "rule": "min_measurement_residual" if cfg.restart_rule == "residual" else "oracle_max_psnr"},
             "model": {**plan.model.record(), "prompt": plan.prompt},
             "seed": cfg.seed, "device": str(plan.device), "dtype": cfg.dtype, "batch_size": cfg.batch_size,
             "fit": cfg.fit, "low_memory": cfg.low_memory, "lpips": {"net": cfg.lpips_net, "available": None, "source": None},
+            "warnings": list(plan.warnings),
         },
         "environment": environment(),
         "images": [],
         "summary": {},
     }
-
-    def flush():
-        data["images"] = [r for r in records if r is not None]
-        data["summary"] = summarize(data["images"])
-        write_json_atomic(metrics_path, data)
-
+    previous = _previous_records(plan, out, data["config"])
+    ours = {str(p) for p in plan.images}
+    carried = [r for k, r in previous.items() if k not in ours]  # an earlier run's other images: kept
+    records: list[dict] = []
     todo = []
     for i, (p, stem) in enumerate(zip(plan.images, stems)):
         if not cfg.overwrite and (out / f"{stem}.png").exists():
-            rec = dict(previous.get(str(p), {"input": str(p)}))
+            rec = dict(previous.get(str(p), {}))
             rec.update({"input": str(p), "output": str(out / f"{stem}.png"), "status": "skipped"})
-            records[i] = rec
         else:
+            rec = {"input": str(p), "output": str(out / f"{stem}.png"), "status": "pending", "error": None}
             todo.append(i)
-    flush()
-    if not todo:
-        data["finished"] = datetime.now(timezone.utc).isoformat()
-        flush()
-        return Report(data, metrics_path)
+        records.append(rec)
 
+    def flush():
+        data["images"] = carried + records
+        data["summary"] = summarize(records)
+        write_json_atomic(metrics_path, data)
+
+    flush()
+    if todo:
+        try:
+            _solve_all(plan, out, todo, records, data, flush, emit, tqdm_class)
+        except KeyboardInterrupt:
+            data["interrupted"] = True  # the images not reached stay "pending"; a rerun continues
+            flush()
+            raise
+    data["finished"] = datetime.now(timezone.utc).isoformat()
+    flush()
+    return Report(data, metrics_path)
+
+
+def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data: dict, flush, emit: Events,
+               tqdm_class) -> None:
+    """Load the model, then read the images one at a time (never more than a batch in memory) and solve
+    them in batches of consecutive images of one working shape; each image's failure is its own."""
+    cfg = plan.cfg
     emit("model", {"name": plan.model.name})
     try:
         prior = load_prior(plan.model, plan.device, plan.dtype, tqdm_class=tqdm_class, low_memory=cfg.low_memory,
@@ -248,45 +288,43 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
     native_hw = None
     if native is not None and cfg.fit != "none":
         native_hw = (native, native) if isinstance(native, int) else tuple(native)
-
-    # read and adapt every image still to do; group consecutive images of one working shape into batches
-    items = []
-    for i in todo:
-        p = plan.images[i]
-        rec = {"input": str(p), "output": str(out / f"{stems[i]}.png"), "status": "failed", "error": None}
-        records[i] = rec
-        try:
-            img = read_image(p, prior.channels)
-            items.append((i, img))
-        except ImageReadError as e:
-            rec["error"] = str(e)
-    flush()
-
-    batch: list = []
+    warned: set[str] = set()
 
     def run_batch(batch):
         try:
-            hp = _process(plan, prior, lp, batch, records, stems, out, emit, native_hw)
+            hp = _process(plan, prior, lp, batch, records, plan.stems, out, emit, native_hw)
             data["config"]["method"]["hyperparameters"] = data["config"]["method"]["hyperparameters"] or hp
         except Exception as e:  # noqa: BLE001
             if len(batch) > 1:  # isolate the failing image(s)
                 for item in batch:
                     run_batch([item])
                 return
-            i = batch[0][0]
-            records[i].update({"status": "failed", "error": error_line(e)})
+            records[batch[0][0]].update({"status": "failed", "error": error_line(e)})
         flush()
 
-    for item in items:
-        if batch and (len(batch) >= cfg.batch_size or batch[0][1].shape != item[1].shape):
+    batch: list = []
+    for i in todo:
+        try:
+            img, info = read_image_info(plan.images[i], prior.channels)
+        except ImageReadError as e:
+            records[i].update({"status": "failed", "error": str(e)})
+            flush()
+            continue
+        if info.converted:
+            records[i]["converted"] = info.converted
+            if info.converted not in warned:
+                warned.add(info.converted)
+                msg = (f"{plan.model.name} is a {'grey' if prior.channels == 1 else 'colour'} model: "
+                       f"images are converted {info.converted} (recorded per image as 'converted')")
+                data["config"]["warnings"].append(msg)
+                emit("warning", {"message": msg})
+        item = (i, img, info)
+        if batch and (len(batch) >= cfg.batch_size or batch[0][1].shape != img.shape):
             run_batch(batch)
             batch = []
         batch.append(item)
     if batch:
         run_batch(batch)
-    data["finished"] = datetime.now(timezone.utc).isoformat()
-    flush()
-    return Report(data, metrics_path)
 
 
 def _measurement_inputs(plan: Plan, img: torch.Tensor, native_hw):
@@ -306,8 +344,8 @@ def _measurement_inputs(plan: Plan, img: torch.Tensor, native_hw):
 def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
     cfg = plan.cfg
     t0 = time.time()
-    idx = [i for i, _ in batch]
-    prepared = [_measurement_inputs(plan, img, native_hw) for _, img in batch]
+    idx = [i for i, _, _ in batch]
+    prepared = [_measurement_inputs(plan, img, native_hw) for _, img, _ in batch]
     shape = prepared[0][2]
     x = torch.stack([p[0] for p in prepared]).to(plan.device)
 
@@ -327,7 +365,7 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
     resid = sb.residuals()
     metrics, metric_errors = score(res.images, ref, lp) if ref is not None else ({}, [])
     vis = op.visualize(y).float().cpu()
-    for k, (i, img) in enumerate(batch):
+    for k, (i, img, info) in enumerate(batch):
         how = prepared[k][1]
         restored = unfit(out_imgs[k], how)
         stem = stems[i]
@@ -338,7 +376,7 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
             panels = ([img] if ref is not None else []) + [vis[k], restored]
             write_png(out / f"{stem}.compare.png", side_by_side(panels))
         if not diverged:
-            write_png(out / f"{stem}.png", restored)
+            write_png(out / f"{stem}.png", restored, bits=info.bits)  # 16-bit inputs give 16-bit results
         rec = records[i]
         rec.update({"status": "failed" if diverged else "ok",
                     "error": ("the solver diverged (non-finite values in the restored image): "

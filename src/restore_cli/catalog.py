@@ -1,0 +1,145 @@
+"""What ``restore`` knows by name, without importing torch: tasks, methods (their solver classes load
+lazily), the capability check (method x task x model), the noise unit of ``--noise-sigma`` and the
+prompt rule.  Usage errors found here come before torch is imported, so they are fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ModelSpec
+
+
+class UsageError(ValueError):
+    """A bad command line: unknown name, incompatible choice, bad value (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    solver: str  # the class in restore_cli.solvers (imported when first needed: this module is torch-free)
+    spaces: tuple[str, ...]  # model kinds it runs on: pixel, latent
+    tasks: tuple[str, ...]
+    steps_key: str  # the hyperparameter that --steps sets
+    nfe: str  # network evaluations per image at the defaults
+    summary: str
+    default_model: str = ""  # the models.toml default it runs on without --model: its first space, or "analytic"
+
+    @property
+    def default_kind(self) -> str:
+        return self.default_model or self.spaces[0]
+
+    @property
+    def cls(self):
+        """The solver class (imports torch and the solvers on first use)."""
+        from . import solvers
+
+        return getattr(solvers, self.solver)
+
+
+ALL_TASKS = ("inpaint", "deblur", "superres", "phase-retrieval", "hdr")
+LINEAR_TASKS = ("inpaint", "deblur", "superres")
+
+METHODS: dict[str, MethodInfo] = {
+    "dps": MethodInfo("dps", "DPS", ("pixel", "latent"), ALL_TASKS, "steps", "1000",
+                      "Diffusion Posterior Sampling (Chung et al. 2023); on a latent model: Latent DPS (P2L Eq. 6)"),
+    "pigdm": MethodInfo("pigdm", "PiGDM", ("pixel",), ("inpaint", "deblur", "superres", "hdr"), "steps", "100",
+                        "Pseudoinverse-guided diffusion (Song et al. 2023)"),
+    "daps": MethodInfo("daps", "DAPS", ("pixel",), ALL_TASKS, "annealing_steps", "1000 (200 x 5 ODE)",
+                       "Decoupled annealing posterior sampling (Zhang et al. 2024)"),
+    "latent-dps": MethodInfo("latent-dps", "DPS", ("latent",), ALL_TASKS, "steps", "1000",
+                             "Latent DPS (P2L Eq. 6): DPS through the decoder"),
+    "gml-dps": MethodInfo("gml-dps", "GMLDPS", ("latent",), ALL_TASKS, "steps", "1000",
+                          "Latent DPS + autoencoder fixed-point term (P2L Eq. 44)"),
+    "psld": MethodInfo("psld", "PSLD", ("latent",), LINEAR_TASKS, "steps", "1000",
+                       "Posterior sampling with latent diffusion, gluing term (Rout et al. 2023)"),
+    "resample": MethodInfo("resample", "ReSample", ("latent",), ALL_TASKS, "steps", "~665 (500 DDIM + look-ahead)",
+                           "Hard data consistency + stochastic resampling (Song et al. 2024)"),
+    "p2l": MethodInfo("p2l", "P2L", ("latent",), LINEAR_TASKS, "steps", "1000 (+K prompt-tuning passes per step; K = 1-5, Table 6)",
+                      "Prompt tuning + LDPS + projection onto the encoder's range (Chung et al. 2024)"),
+    # classical baselines (no learned prior, no steps)
+    "pseudo-inverse": MethodInfo("pseudo-inverse", "PseudoInverse", ("pixel",), ("inpaint", "deblur", "superres", "hdr"),
+                                 "steps", "0", "Baseline: A^+ y (zero-filled for inpainting; PiGDM's h^+ for HDR)",
+                                 default_model="analytic"),
+    "posterior-mean": MethodInfo("posterior-mean", "PosteriorMean", ("pixel",), LINEAR_TASKS, "steps", "0",
+                                 "Baseline: exact posterior mean under an analytic Gaussian model (Wiener filter)",
+                                 default_model="analytic"),
+}
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    summary: str
+    measured: bool  # has a measured mode
+    default_restarts: int = 1
+
+
+TASKS: dict[str, TaskInfo] = {
+    "inpaint": TaskInfo("inpaint", "fill in missing pixels (box, random, free-form or a mask file)", True),
+    "deblur": TaskInfo("deblur", "remove Gaussian, motion, uniform or a given blur", True),
+    "superres": TaskInfo("superres", "upsample by an integer factor (bicubic or average-pool model)", True),
+    "phase-retrieval": TaskInfo("phase-retrieval", "recover an image from its Fourier magnitude", False, 4),
+    "hdr": TaskInfo("hdr", "undo clipping of an image scaled by a factor (DAPS's HDR)", True),
+}
+
+
+# the task options' defaults (the CLI's): a run records its options merged over these, so a rerun through
+# the CLI and one through the library with the same effective options compare equal
+TASK_DEFAULTS: dict[str, dict] = {
+    "inpaint": {"mask": "box"},
+    "deblur": {"kernel": "gaussian", "kernel_size": 61, "border": "reflect"},
+    "superres": {"scale": 4, "filter": "bicubic"},
+    "phase-retrieval": {"oversample": 2.0},
+    "hdr": {"hdr_scale": 2.0},
+}
+
+
+def check_method(method: str, task: str, model: ModelSpec) -> MethodInfo:
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    info = METHODS[method]
+    if task not in info.tasks:
+        raise UsageError(f"method {method!r} does not support {task!r} (it supports: {', '.join(info.tasks)})")
+    if model.kind not in info.spaces:
+        raise UsageError(f"method {method!r} needs a {' or '.join(info.spaces)} model; "
+                         f"{model.name!r} is a {model.kind} model")
+    if info.name == "posterior-mean" and model.source != "analytic":
+        raise UsageError(f"method {method!r} needs an analytic Gaussian model (gaussian, gaussian-grey, "
+                         f"gaussian-fmnist); {model.name!r} is not one")
+    return info
+
+
+
+
+# --noise-sigma is in the papers' units: the std their codes add to measurements of images in [-1, 1]
+# (DPS, DAPS, PSLD, ReSample, DiffStateGrad), except phase retrieval, where DAPS measures the [0, 1]
+# image.  Operators add noise in restore's [0, 1] units: sigma_y = noise_sigma / scale.  The scale is
+# each operator's residual_scale (tests/test_ops.py checks that they agree).
+NOISE_UNITS = {"phase-retrieval": (1.0, "std of the noise on |FFT| of [0, 1] images (DAPS's phase retrieval)")}
+DEFAULT_NOISE_UNIT = (2.0, "std of the noise on measurements of [-1, 1] images (the papers' codes)")
+
+
+def noise_unit(task: str) -> tuple[float, str]:
+    """``(scale, description)`` of ``--noise-sigma`` for ``task``: ``sigma_y([0, 1] units) = noise_sigma / scale``."""
+    return NOISE_UNITS.get(task, DEFAULT_NOISE_UNIT)
+
+
+def resolve_prompt(model: ModelSpec, method: str, prompt: str | None = None) -> str | None:
+    """The prompt a text-conditioned model runs with: ``prompt`` if given, else the model's
+    ``default_prompt``, except PSLD on a model with a text encoder (Stable Diffusion), which uses the
+    empty prompt as PSLD's code does.  None for a model without text conditioning."""
+    text_conditioned = model.default_prompt is not None or any(
+        c in model.components for c in ("text_encoder", "class_prompts"))
+    if prompt is not None:
+        if not text_conditioned:
+            raise UsageError(f"--prompt: model {model.name!r} is not text-conditioned")
+        return prompt
+    if not text_conditioned:
+        return None
+    if method == "psld" and "text_encoder" in model.components:
+        return ""
+    return model.default_prompt or ""
+
+
+
