@@ -13,16 +13,29 @@ from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
+import typer.core
+from rich import box
 from rich.console import Console
+from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
-from .console import (BenchProgress, RunProgress, err, out, print_summary, quiet_libraries, rich_tqdm,
+from .catalog import METHODS
+from .console import (BenchProgress, RunProgress, err, out, print_summary, quiet_hub, quiet_libraries, rich_tqdm,
                       usage_error)
+
+# Typer's Rich help shows a value type for flags too ("--compare <bool>"), which invites `--compare true`;
+# a flag takes no value, so it shows none.
+if hasattr(typer.core.TyperOption, "display_type_rich"):
+    _option_type = typer.core.TyperOption.display_type_rich
+    typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Restore images by solving inverse problems with diffusion-model priors.\n\n"
-                       "Example: [bold]restore inpaint --model gaussian --mask box photo.png[/bold]")
+                       "Example (seconds, no download): "
+                       "[bold]restore superres --method posterior-mean --model gaussian photo.png[/bold]")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and download models (models.toml).")
 app.add_typer(models_app, name="models")
 
@@ -45,7 +58,7 @@ COMMON = [
     P("inputs", P.KEYWORD_ONLY, annotation=Annotated[list[Path], typer.Argument(
         help="Image files and/or folders of images.", show_default=False)]),
     P("method", P.KEYWORD_ONLY, default="dps", annotation=Annotated[str, typer.Option(
-        "--method", help="Solver: dps, pigdm, daps (see `restore methods`).")]),
+        "--method", help=f"Solver: {', '.join(METHODS)} (see `restore methods`).")]),
     P("model", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
         "--model", help="Model name from models.toml or a local diffusers directory (default: the method's GPU default).")]),
     P("models_file", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(
@@ -71,8 +84,8 @@ COMMON = [
         "--steps", help="Sampling steps (default: the method's).")]),
     P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.")]),
     P("noise_sigma", P.KEYWORD_ONLY, default=0.01, annotation=Annotated[float, typer.Option(
-        "--noise-sigma", help="Measurement noise std in the papers' units: on [-1, 1] images, as their codes add it "
-        "(phase retrieval: on |FFT| of [0, 1] images, as DAPS). 0.01: DiffStateGrad's tables; 0.05: DPS's and DAPS's.")]),
+        "--noise-sigma", help=escape("Measurement noise std in the papers' units: on [-1, 1] images, as their codes add it "
+        "(phase retrieval: on |FFT| of [0, 1] images, as DAPS). 0.01: DiffStateGrad's tables; 0.05: DPS's and DAPS's."))]),
     P("batch_size", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
         "--batch-size", help="Images per batch.")]),
     P("output", P.KEYWORD_ONLY, default=Path("restored"), annotation=Annotated[Path, typer.Option(
@@ -150,31 +163,37 @@ def hdr(hdr_scale: Annotated[float, typer.Option("--hdr-scale", help="Scale befo
 
 
 def _run(task: str, common: dict, task_opts: dict) -> int:
-    from .hub import ModelUnavailable
-    from .registry import UsageError
-    from .run import RunConfig, execute, resolve
+    from .catalog import UsageError
+    from .checks import RunConfig, check
 
     quiet = common.pop("quiet")
     restarts = task_opts.pop("_restarts", None)
     rule = task_opts.pop("_restart_rule", "residual")
-    for key, allowed in (("border", ("reflect", "circular", "zeros")), ("filter", ("bicubic", "avgpool"))):
-        if key in task_opts and task_opts[key] not in allowed:
-            return usage_error(f"--{key} must be one of {', '.join(allowed)}")
-    if rule not in ("residual", "oracle"):
-        return usage_error("--restart-rule must be residual or oracle")
-    if common["lpips_net"] not in ("alex", "vgg"):
-        return usage_error("--lpips-net must be alex or vgg")
-    if common["rank_mode"] not in ("channels", "paper", "reference"):
-        return usage_error("--rank-mode must be channels, paper or reference")
-    quiet_libraries()
     cfg = RunConfig(task=task, task_opts=task_opts, restarts=restarts, restart_rule=rule, argv=sys.argv[:], **common)
+    try:
+        check(cfg)  # names, ranges and paths, before torch is imported: a usage error comes at once
+    except UsageError as e:
+        return usage_error(str(e))
+    from .hub import ModelUnavailable
+    from .run import execute, resolve
+
+    quiet_libraries()
     try:
         plan = resolve(cfg)
     except UsageError as e:
         return usage_error(str(e))
+    for w in plan.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
+
     try:
         with RunProgress(quiet) as prog:
-            report = execute(plan, prog.event, tqdm_class=rich_tqdm())
+            def events(kind, info):
+                if kind == "warning":
+                    err.print(f"[yellow]warning:[/yellow] {escape(info['message'])}", highlight=False, soft_wrap=True)
+                else:
+                    prog.event(kind, info)
+
+            report = execute(plan, events, tqdm_class=rich_tqdm())
     except UsageError as e:
         return usage_error(str(e))
     except ModelUnavailable as e:
@@ -193,14 +212,33 @@ def methods_cmd():
 
     Example: [bold]restore methods[/bold]
     """
-    from .registry import METHODS
+    rows = [[m.name, "/".join(m.spaces), ", ".join(m.tasks), "yes" if m.cls.gradient_guided else "no",
+             str(m.cls.defaults[m.steps_key]), m.nfe, m.summary] for m in METHODS.values()]
+    print_rows("methods", ["method", "space", "tasks", "DiffStateGrad", "default steps", "NFE / image", "paper"], rows)
 
-    t = Table(title="methods")
-    for col in ("method", "space", "tasks", "DiffStateGrad", "default steps", "NFE / image", "paper"):
-        t.add_column(col)
-    for m in METHODS.values():
-        t.add_row(m.name, "/".join(m.spaces), ", ".join(m.tasks), "yes" if m.cls.gradient_guided else "no",
-                  str(m.cls.defaults[m.steps_key]), m.nfe, m.summary)
+
+def print_rows(title: str, columns: list[str], rows: list[list]) -> None:
+    """A listing whose first column holds the names a user types, never cut.
+
+    Not a terminal (a pipe, a file): tab-separated rows under a header line. A terminal: a table whose
+    short columns keep their width and long ones fold; where even that does not fit, one block per row.
+    """
+    if not out.is_terminal:
+        for row in [columns, *rows]:
+            print("\t".join(" ".join(str(c).split()) for c in row))  # str(Text) is its plain text
+        return
+    widths = [max(len(str(c)) for c in [col, *(r[i] for r in rows)]) for i, col in enumerate(columns)]
+    short = [i == 0 or w <= 14 for i, w in enumerate(widths)]  # the names: never folded
+    if sum(w if s else 12 for w, s in zip(widths, short)) + 3 * len(columns) + 1 > out.width:  # + padding, rules
+        for row in rows:
+            pairs = [Text.assemble(f"{col}: ", c) for col, c in zip(columns[1:], row[1:]) if str(c)]
+            out.print(Text(str(row[0]), style="bold"), Padding(Text("; ").join(pairs), (0, 0, 0, 4)))
+        return
+    t = Table(title=title, box=box.SIMPLE_HEAD)
+    for col, w, s in zip(columns, widths, short):
+        t.add_column(col, no_wrap=s, min_width=w if s else 12, overflow="fold")
+    for row in rows:
+        t.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
     out.print(t)
 
 
@@ -212,8 +250,8 @@ def bench_cmd(
     tolerance: Annotated[list[str], typer.Option("--tolerance", help="psnr=0.5, ssim=0.02, lpips=0.02, failure_rate=0.1 (repeatable; a bare number is PSNR dB).")] = [],
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     rerun: Annotated[bool, typer.Option("--rerun", help="Run every cell again (default: keep the finished cells of results.json).")] = False,
-    only: Annotated[list[str], typer.Option("--only", help="Run only cells whose label contains this text (repeatable), e.g. 'inpaint[mask=box]' or 'fmnist-ddpm-32'.")] = [],
-    images: Annotated[Optional[Path], typer.Option("--images", help="A folder of images instead of the suite's (a paper suite: the paper's test images, see its [images]).")] = None,
+    only: Annotated[list[str], typer.Option("--only", help=escape("Run only cells whose label contains this text (repeatable), e.g. 'inpaint[mask=box]' or 'fmnist-ddpm-32'."))] = [],
+    images: Annotated[Optional[Path], typer.Option("--images", help=escape("A folder of images instead of the suite's (a paper suite: the paper's test images, see its [images])."))] = None,
     models_file: Annotated[Optional[Path], typer.Option("--models-file", help="Extra models.toml entries instead of the suite's.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Every cell's steps (a quick check of a suite; the cells differ from the suite's own).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and regressions.")] = False,
@@ -295,14 +333,14 @@ def models_list(models_file: Annotated[Optional[Path], typer.Option("--models-fi
         reg = load_registry(models_file)
     except ConfigError as e:
         raise typer.Exit(usage_error(str(e)))
-    t = Table(title="models")
-    for col in ("name", "kind", "source", "offline now", "where", "default for"):
-        t.add_column(col)
+    rows = []
     for spec in reg.models.values():
         ok, why = availability(spec)
         dflt = ", ".join(k for k, v in reg.defaults.items() if v == spec.name)
-        t.add_row(spec.name, spec.kind, spec.repo_id or spec.source, "[green]yes[/green]" if ok else "[red]no[/red]", why, dflt)
-    out.print(t)
+        size = str(spec.resolution) if spec.resolution else ("any" if spec.source == "analytic" else "-")
+        rows.append([spec.name, spec.kind, size, str(spec.channels), spec.repo_id or spec.source,
+                     Text("yes", "green") if ok else Text("no", "red"), why, dflt])
+    print_rows("models", ["name", "kind", "resolution", "channels", "source", "offline now", "where", "default for"], rows)
 
 
 @models_app.command("info")
@@ -338,6 +376,7 @@ def models_download(name: str, models_file: Annotated[Optional[Path], typer.Opti
         spec = load_registry(models_file).get(name)
     except ConfigError as e:
         raise typer.Exit(usage_error(str(e)))
+    quiet_hub()
     try:
         path = download(spec, token=token, tqdm_class=rich_tqdm())
     except ModelUnavailable as e:

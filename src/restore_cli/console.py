@@ -4,14 +4,27 @@ and for a suite, the run's summary table, and the one-line usage error."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 err = Console(stderr=True)
 out = Console()
 
 
+def quiet_hub():
+    """huggingface_hub's warnings (a request's retries, one line each) off the user's terminal: a failed
+    download is reported once, as one line."""
+    try:
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
 def quiet_libraries():
-    """diffusers/transformers loading chatter (progress bars, casting notes) off the user's terminal."""
+    """diffusers/transformers loading chatter (progress bars, casting notes) and the Hub's retries off the user's terminal."""
+    quiet_hub()
     try:
         import diffusers
         import transformers
@@ -66,12 +79,12 @@ class RunProgress(RichProgress):
         self.task = None
 
     def event(self, kind: str, info: dict):
-        if kind == "model" and not self.quiet:
-            err.print(f"loading model {info['name']}", highlight=False)
+        if kind == "model":  # a transient line on a terminal (its download bars follow); an error replaces it
+            self.task = self.progress.add_task(f"loading model {escape(info['name'])}", total=None)
         elif kind == "batch":
             if self.task is not None:
                 self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(", ".join(info["images"])[:40], total=None)
+            self.task = self.progress.add_task(escape(", ".join(info["images"])[:40]), total=None)
         elif kind == "step" and self.task is not None:
             self.progress.update(self.task, completed=info["step"] + 1, total=info["total"])
         elif kind == "image" and not self.quiet:
@@ -93,7 +106,8 @@ def print_summary(report, quiet: bool):
         t.add_column(col, justify="right")
     fmt = lambda k, d=3: "-" if s[k]["mean"] is None else f"{s[k]['mean']:.{d}f} ± {s[k]['std']:.{d}f}"  # noqa: E731
     n = s["images"]
-    t.add_row(f"{n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed", fmt("psnr", 2), fmt("ssim"), fmt("lpips"),
+    t.add_row(f"{n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed"
+              + (f", {n['pending']} pending" if n.get("pending") else ""), fmt("psnr", 2), fmt("ssim"), fmt("lpips"),
               fmt("residual"), fmt("nfe", 0), fmt("seconds", 1))
     out.print(t)
     out.print(f"metrics: {report.path}", highlight=False)

@@ -4,8 +4,12 @@ Downloads go through ``huggingface_hub.snapshot_download`` with the entry's
 pinned ``revision`` and ``allow_patterns`` limited to the components the
 model needs (configs, tokenizer files and weights, safetensors preferred:
 ``.bin`` files are fetched only for a component that has no safetensors).
-``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN`` (or a
+``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and ``HF_TOKEN`` (or a
 ``huggingface-cli login``) are honoured because huggingface_hub reads them.
+
+Offline, a missing model fails in seconds with one line: the cache is looked in first, and the first
+request to a server gets ``REACH_TIMEOUT`` seconds to answer before the libraries' own timeouts and
+retries would start (:func:`_first_contact`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,73 @@ from .convert.checkpoint import read_record
 
 class ModelUnavailable(RuntimeError):
     """The weights are not on this machine and cannot be downloaded now (a runtime failure)."""
+
+
+REACH_TIMEOUT = 5.0  # seconds a server gets to answer the first request before it counts as unreachable
+
+
+class _Unreachable(Exception):
+    """The first request to a server got no answer: no network, no DNS, refused, timed out."""
+
+
+def _network_error(e: BaseException) -> bool:
+    """A failure to reach a server at all (not an answer from it, such as HTTP 404 or 401)."""
+    import socket
+    import urllib.error
+
+    if isinstance(e, urllib.error.HTTPError):
+        return False
+    if isinstance(e, (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    # huggingface_hub's HTTP client (httpx): ConnectError, ConnectTimeout, ReadTimeout, ProxyError...
+    return any(c.__name__ in ("TimeoutException", "NetworkError", "ProxyError") for c in type(e).__mro__)
+
+
+def _first_contact(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, the first request to a server, with a deadline of ``REACH_TIMEOUT`` seconds.
+
+    Raises :class:`_Unreachable` when the server cannot be reached (the request, if still waiting, is left
+    to end in a daemon thread); any other error is raised as is.
+    """
+    import threading
+
+    box: dict = {}
+
+    def call():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=call, name="restore-first-contact", daemon=True)
+    t.start()
+    t.join(REACH_TIMEOUT)
+    if t.is_alive():
+        raise _Unreachable(f"no answer in {REACH_TIMEOUT:g} s")
+    if "error" in box:
+        e = box["error"]
+        if _network_error(e):
+            why = getattr(e, "reason", e)  # urllib wraps the socket's error
+            raise _Unreachable(f"{type(why).__name__}: {_first_line(why)}") from None
+        raise e
+    return box["value"]
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _cannot_reach(spec: ModelSpec, where: str, e: _Unreachable) -> ModelUnavailable:
+    """One line: which model, which server, why, and the ways to get the model onto this machine."""
+    local = ("pass a local diffusers directory as --model DIR" if spec.format == "diffusers" else
+             f"convert a checkpoint you have (`restore models convert {spec.format} FILE --arch {spec.architecture} "
+             f"-o DIR`) and pass --model DIR")
+    cache = "the Hub cache (HF_HOME)" if spec.format == "diffusers" else "restore's cache (RESTORE_CACHE, ~/.cache/restore)"
+    return ModelUnavailable(
+        f"model {spec.name!r} is not on this machine and {where} cannot be reached ({e}): connect to the network, "
+        f"or run `restore models download {spec.name}` on a connected machine and copy {cache} here, or {local}")
 
 
 def _patterns(spec: ModelSpec, bins_for: set[str] = frozenset()) -> list[str]:
@@ -102,13 +173,15 @@ def download(spec: ModelSpec, token: str | None = None, tqdm_class=None) -> Path
     from huggingface_hub import HfApi, snapshot_download
 
     try:
-        files = set(HfApi(token=token).list_repo_files(spec.repo_id, revision=spec.revision))
+        files = set(_first_contact(HfApi(token=token).list_repo_files, spec.repo_id, revision=spec.revision))
         bins_for = {c for c, sub in spec.components.items()
                     if not any(f.startswith(f"{sub}/" if sub else "") and f.endswith(".safetensors")
                                and f.count("/") == (1 if sub else 0) for f in files)}
         kwargs = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
         return Path(snapshot_download(spec.repo_id, revision=spec.revision, allow_patterns=_patterns(spec, bins_for),
                                       token=token, **kwargs))
+    except _Unreachable as e:
+        raise _cannot_reach(spec, f"the Hub at {_hub_endpoint()}", e) from None
     except Exception as e:  # noqa: BLE001 - network, auth, missing revision: one clear line
         raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
@@ -219,7 +292,7 @@ def _download_url(url: str, dest: Path, tqdm_class=None) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    with _open_url(url) as r:
+    with _first_contact(_open_url, url) as r:
         total = int(r.headers.get("Content-Length") or 0) or None
         bar = tqdm_class(total=total, unit="B", unit_scale=True, desc=Path(url).name) if tqdm_class else None
         n = 0
@@ -277,7 +350,7 @@ def convert_checkpoint(spec_format: str, ckpt: Path, arch: str, dest: Path, reco
         raise ModelUnavailable(f"converting {Path(ckpt).name} failed: {type(e).__name__}: {_first_line(e)}") from None
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
@@ -302,6 +375,11 @@ def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None,
                 sha = _download_url(spec.url, part, tqdm_class)
             except ModelUnavailable:
                 raise
+            except _Unreachable as e:
+                from urllib.parse import urlsplit
+
+                u = urlsplit(spec.url)
+                raise _cannot_reach(spec, f"{u.scheme}://{u.netloc}", e) from None
             except Exception as e:  # noqa: BLE001 - network, HTTP, a full disk: one line
                 raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {_first_line(e)})") from None
             _check_sha(part, sha, spec.sha256, spec.url)
@@ -336,14 +414,25 @@ def _hub_file(spec: ModelSpec, token, tqdm_class) -> tuple[Path, str, bool, str 
 
     from .convert.checkpoint import sha256_file
 
-    expected, commit = spec.sha256, None
+    expected, commit, path = spec.sha256, None, None
     try:
         if not _offline():
-            hub_sha, commit = _hub_expected_sha(spec, token)
-            expected = expected or hub_sha
-        kwargs = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
-        # at the commit the expected sha256 was read for, so that a moving branch cannot mismatch them
-        path = Path(hf_hub_download(spec.repo_id, spec.filename, revision=commit or spec.revision, token=token, **kwargs))
+            try:
+                hub_sha, commit = _first_contact(_hub_expected_sha, spec, token)
+                expected = expected or hub_sha
+            except _Unreachable as e:  # a copy already in the Hub cache will do; else one line, at once
+                path = _cached_hub_file(spec)
+                if path is None:
+                    raise _cannot_reach(spec, f"the Hub at {_hub_endpoint()}", e) from None
+        elif _cached_hub_file(spec) is None:
+            raise ModelUnavailable(how_to_get(spec) + " (HF_HUB_OFFLINE is set)")
+        if path is None:
+            kwargs = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
+            # at the commit the expected sha256 was read for, so that a moving branch cannot mismatch them
+            path = Path(hf_hub_download(spec.repo_id, spec.filename, revision=commit or spec.revision, token=token,
+                                        **kwargs))
+    except ModelUnavailable:
+        raise
     except Exception as e:  # noqa: BLE001 - network, auth, missing file: one line
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {first})") from None
@@ -356,3 +445,11 @@ def _hub_file(spec: ModelSpec, token, tqdm_class) -> tuple[Path, str, bool, str 
     if commit is None and len(path.parent.name) == 40:
         commit = path.parent.name
     return path, sha, bool(expected), commit
+
+
+def _cached_hub_file(spec: ModelSpec) -> Path | None:
+    """The checkpoint file in the Hub cache at the pinned revision, if it is there (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    p = try_to_load_from_cache(spec.repo_id, spec.filename, revision=spec.revision)
+    return Path(p) if isinstance(p, str) else None
