@@ -14,6 +14,7 @@ retries would start (:func:`_first_contact`).
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -28,7 +29,8 @@ class ModelUnavailable(RuntimeError):
     """The weights are not on this machine and cannot be downloaded now (a runtime failure)."""
 
 
-REACH_TIMEOUT = 5.0  # seconds a server gets to answer the first request before it counts as unreachable
+# seconds a server gets to answer the first request before it counts as unreachable (a slow link: raise it)
+REACH_TIMEOUT = float(os.environ.get("RESTORE_REACH_TIMEOUT", "5"))
 
 
 class _Unreachable(Exception):
