@@ -337,3 +337,17 @@ def test_colour_dropped_for_a_grey_model_is_said_once(tmp_path):
     m = metrics(out)
     assert all(x["converted"] == "colour to grey" for x in m["images"])
     assert any("colour to grey" in w for w in m["config"]["warnings"])
+
+
+def test_posterior_mean_reports_its_convergence(tmp_path):
+    """issue 17, 19: the posterior mean converges, or says per image that it did not."""
+    photo(tmp_path / "a.png", 0, hw=(48, 48))
+    out = tmp_path / "out"
+    r = run("deblur", tmp_path / "a.png", "--model", "gaussian", "--method", "posterior-mean", "-o", out)
+    assert r.exit_code == 0, r.output
+    cg = metrics(out)["images"][0]["cg"]
+    assert cg["converged"] and cg["relative_residual"] <= cg["tol"] and "warning" not in r.output
+    r = run("deblur", tmp_path / "a.png", "--model", "gaussian", "--method", "posterior-mean", "--set", "max_iters=2",
+            "-o", tmp_path / "o2")
+    assert r.exit_code == 0 and "not exact" in r.output and "RuntimeWarning" not in r.output
+    assert metrics(tmp_path / "o2")["images"][0]["cg"]["converged"] is False

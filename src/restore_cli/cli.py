@@ -178,6 +178,9 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
     from .run import execute, resolve
 
     quiet_libraries()
+    import warnings
+
+    warnings.filterwarnings("ignore", message="posterior-mean: conjugate")  # said per image as a warning line
     try:
         plan = resolve(cfg)
     except UsageError as e:

@@ -391,6 +391,14 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
                     "operator": op.select([k]).params()})
         if metric_errors:
             rec["metric_errors"] = metric_errors
+        cg = res.extra.get("cg")
+        if cg is not None:  # posterior-mean: did its conjugate-gradient solve reach the tolerance?
+            rec["cg"] = {"converged": cg["converged"][k], "relative_residual": cg["rel_residual"][k],
+                         "iterations": cg["iterations"], "system": cg["system"], "tol": cg["tol"]}
+            if not cg["converged"][k]:
+                emit("warning", {"message": f"{stem}: the posterior mean's conjugate gradients stopped after "
+                                            f"{cg['iterations']} iterations at relative residual "
+                                            f"{cg['rel_residual'][k]:.2g} (tolerance {cg['tol']:g}): not exact"})
         if res.extra.get("restarts", 1) > 1:
             rec["restarts"] = {"rule": res.extra["restart_rule"], "chosen_run": res.extra["chosen_run"][k],
                                "count": res.extra["restarts"]}

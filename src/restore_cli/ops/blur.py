@@ -7,8 +7,12 @@ mirrors the image without repeating the edge pixel, as DPS's
 diagonal in Fourier and has an exact closed-form pseudo-inverse);
 ``"zeros"`` pads with black.  The extension is done by index maps, so it works
 even when the kernel is larger than the image (DPS's padding layer fails
-there).  Convolution is computed with FFTs of the extended image, which is
-exact and much faster than a direct 61x61 convolution.
+there).  The convolution of the extended image is computed with FFTs of a
+zero-padded grid for kernels of 9x9 and more (exact up to rounding, ~30x faster
+than a direct 61x61 convolution on a CPU) and with ``conv2d`` below
+(``Blur(method=...)`` forces one; docs/performance.md has the timings).  The
+adjoint is explicit, and ``solve_AAt`` (PiGDM) is closed-form for the circular
+border and preconditioned CG for the others.
 
 Kernels (``[B, 1, k, k]``, one per image, summing to 1):
 
@@ -27,11 +31,16 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..rng import Generators
-from .base import DEFAULT_SIGMA_Y, LinearOperator
+from .base import DEFAULT_SIGMA_Y, LinearOperator, _per_image, cg, default_tol
 
 BORDERS = ("reflect", "circular", "zeros")
+METHODS = ("auto", "fft", "direct")
+# "auto" convolves with FFTs from this many kernel taps (kh * kw) on: below it PyTorch's direct
+# convolution is faster (measured on CPU, see docs/performance.md; the crossover is ~7x7 to 9x9)
+FFT_MIN_TAPS = 64
 
 
 def _index_map(n: int, pad: int, mode: str) -> torch.Tensor:
@@ -50,11 +59,56 @@ def _index_map(n: int, pad: int, mode: str) -> torch.Tensor:
     return torch.from_numpy(idx.astype(np.int64))
 
 
+def fft_size(n: int) -> int:
+    """The smallest length ``>= n`` whose prime factors are all 2, 3, 5 or 7 (fast for every FFT library)."""
+    m = max(int(n), 1)
+    while True:
+        r = m
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+class _Linear(torch.autograd.Function):
+    """``forward(x)`` whose vector-Jacobian product is ``adjoint(g)`` (itself differentiable the same way),
+    so that gradients through the operator cost one explicit adjoint, not autograd's replay."""
+
+    @staticmethod
+    def forward(ctx, x, forward, adjoint):
+        ctx.fns = (forward, adjoint)
+        return forward(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        forward, adjoint = ctx.fns
+        return _Linear.apply(g, adjoint, forward), None, None
+
+
 class Blur(LinearOperator):
+    """``A x = k * x`` per channel, with the image extended by the border rule first.
+
+    ``method`` chooses how the (linear, non-circular) convolution of the extended image is
+    computed; every method computes the same operator:
+
+    * ``"direct"``: ``conv2d`` with the flipped kernel (with the kernel on the zero-padded
+      measurement for the adjoint);
+    * ``"fft"``: products of real FFTs of a zero-padded grid of at least the extended size, so
+      that no output pixel that is kept wraps around (the result equals the direct
+      convolution up to floating-point rounding, ~1e-7 of the image's range in float32);
+    * ``"auto"`` (default): FFT for kernels of ``FFT_MIN_TAPS`` taps or more, else direct.
+
+    ``A_adjoint`` is the explicit transpose of the same composition (zero-embed, correlate,
+    fold the border extension back with ``index_add``), exact up to rounding; gradients
+    through ``A`` use it too.
+    """
+
     name = "deblur"
 
     def __init__(self, kernel: torch.Tensor, in_shape, sigma_y: float = DEFAULT_SIGMA_Y,
-                 border: str = "reflect", kind: str = "custom"):
+                 border: str = "reflect", kind: str = "custom", method: str = "auto"):
         super().__init__(in_shape, sigma_y)
         if kernel.dim() == 2:
             kernel = kernel[None, None]
@@ -62,33 +116,114 @@ class Blur(LinearOperator):
             raise ValueError(f"kernel must be [k, k] or [B, 1, k, k], got {tuple(kernel.shape)}")
         if border not in BORDERS:
             raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         kh, kw = kernel.shape[-2:]
         # an even-sized kernel gets a zero row/column so that it has a centre
         kernel = torch.nn.functional.pad(kernel, (0, 1 - kw % 2, 0, 1 - kh % 2))
         self.register_buffer("kernel", kernel.to(torch.float32))
-        self.border, self.kind = border, kind
+        self.border, self.kind, self.method = border, kind, method
         _, h, w = self.in_shape
         self.ph, self.pw = self.kernel.shape[-2] // 2, self.kernel.shape[-1] // 2
         if border != "zeros":
             self.register_buffer("ih", _index_map(h, self.ph, border), persistent=False)
             self.register_buffer("iw", _index_map(w, self.pw, border), persistent=False)
+        self._kf_cache: dict = {}
 
+    # -- the border extension E and its transpose ---------------------------------------
     def _extend(self, x):
         if self.border == "zeros":
             return torch.nn.functional.pad(x, (self.pw, self.pw, self.ph, self.ph))
         return x[..., self.ih, :][..., self.iw]
 
-    def A(self, x):  # noqa: N802
-        _, _, h, w = x.shape
-        xp = self._extend(x)
-        hp, wp = xp.shape[-2:]
-        kf = torch.fft.rfft2(self.kernel.to(x.dtype), s=(hp, wp))
-        out = torch.fft.irfft2(torch.fft.rfft2(xp) * kf, s=(hp, wp))
-        return out[..., 2 * self.ph:2 * self.ph + h, 2 * self.pw:2 * self.pw + w]
-
-    def _centered_otf(self, dtype):
-        """Transfer function of the circular convolution on ``H x W`` (circular border)."""
+    def _extend_adjoint(self, g):
+        """``E^T g``: every extended pixel is added back to the pixel it copies."""
         _, h, w = self.in_shape
+        if self.border == "zeros":
+            return g[..., self.ph:self.ph + h, self.pw:self.pw + w]
+        cols = g.new_zeros(*g.shape[:-1], w).index_add_(g.dim() - 1, self.iw, g)
+        return cols.new_zeros(*g.shape[:-2], h, w).index_add_(g.dim() - 2, self.ih, cols)
+
+    # -- the valid convolution K of the extended image, and K^T ---------------------------
+    def uses_fft(self) -> bool:
+        if self.method != "auto":
+            return self.method == "fft"
+        return self.kernel.shape[-2] * self.kernel.shape[-1] >= FFT_MIN_TAPS
+
+    def _fft_grid(self) -> tuple[int, int]:
+        _, h, w = self.in_shape
+        return fft_size(h + 2 * self.ph), fft_size(w + 2 * self.pw)
+
+    def _kernel_fft(self, dtype, device):
+        """``rfft2`` of the kernel on the FFT grid, cached per dtype and device."""
+        key = (dtype, device, self.kernel._version, self.kernel.data_ptr())
+        kf = self._kf_cache.get(key)
+        if kf is None:
+            kf = torch.fft.rfft2(self.kernel.to(device=device, dtype=dtype), s=self._fft_grid())
+            self._kf_cache = {key: kf}  # the last one only: a kernel changed in place is recomputed
+        return kf
+
+    def _direct_weight(self, dtype, batch):
+        k = self.kernel.to(dtype).flip(-2, -1)  # conv2d correlates
+        c = self.in_shape[0]
+        if k.shape[0] == 1:
+            return k, 1
+        if k.shape[0] != batch:
+            raise ValueError(f"{k.shape[0]} kernels for a batch of {batch} images")
+        return k.expand(batch, c, *k.shape[-2:]).reshape(batch * c, 1, *k.shape[-2:]), batch * c
+
+    def _conv(self, xp):
+        """Linear convolution of the extended image, cropped to the ``H x W`` pixels that see no padding of it."""
+        _, h, w = self.in_shape
+        b, c, hp, wp = xp.shape
+        if self.uses_fft():
+            nh, nw = self._fft_grid()
+            out = torch.fft.irfft2(torch.fft.rfft2(xp, s=(nh, nw)) * self._kernel_fft(xp.dtype, xp.device), s=(nh, nw))
+            return out[..., 2 * self.ph:2 * self.ph + h, 2 * self.pw:2 * self.pw + w]
+        weight, groups = self._direct_weight(xp.dtype, b)
+        if groups == 1:
+            return F.conv2d(xp.reshape(b * c, 1, hp, wp), weight).reshape(b, c, h, w)
+        return F.conv2d(xp.reshape(1, b * c, hp, wp), weight, groups=groups).reshape(b, c, h, w)
+
+    def _conv_adjoint(self, y):
+        """``K^T y``: zero-embedding into the extended grid, then correlation with the kernel."""
+        _, h, w = self.in_shape
+        b, c = y.shape[:2]
+        hp, wp = h + 2 * self.ph, w + 2 * self.pw
+        if self.uses_fft():
+            nh, nw = self._fft_grid()
+            yp = y.new_zeros(b, c, nh, nw)
+            yp[..., 2 * self.ph:2 * self.ph + h, 2 * self.pw:2 * self.pw + w] = y
+            out = torch.fft.irfft2(torch.fft.rfft2(yp) * self._kernel_fft(y.dtype, y.device).conj(), s=(nh, nw))
+            return out[..., :hp, :wp]
+        # correlation with the kernel = conv2d with the flipped-back kernel on y padded by (k - 1)
+        # (much faster than conv_transpose2d on CPU)
+        weight, groups = self._direct_weight(y.dtype, b)
+        yp = F.pad(y, (2 * self.pw, 2 * self.pw, 2 * self.ph, 2 * self.ph))
+        weight = weight.flip(-2, -1)
+        if groups == 1:
+            return F.conv2d(yp.reshape(b * c, 1, *yp.shape[-2:]), weight).reshape(b, c, hp, wp)
+        return F.conv2d(yp.reshape(1, b * c, *yp.shape[-2:]), weight, groups=groups).reshape(b, c, hp, wp)
+
+    def _apply_A(self, x):  # noqa: N802
+        return self._conv(self._extend(x))
+
+    def _apply_At(self, y):  # noqa: N802
+        return self._extend_adjoint(self._conv_adjoint(y))
+
+    def A(self, x):  # noqa: N802
+        return _Linear.apply(x, self._apply_A, self._apply_At)
+
+    def A_adjoint(self, y):  # noqa: N802
+        """``A^T y``, explicit (see the class docstring)."""
+        return _Linear.apply(y, self._apply_At, self._apply_A)
+
+    # -- closed forms of the circular border, preconditioners of the others ------------------
+    def _centered_otf(self, dtype, grid: tuple[int, int] | None = None):
+        """Transfer function ``[B, 1, h, w]`` of the circular convolution by the kernel on the ``grid``
+        torus (default ``H x W``: the exact operator of the circular border); a kernel larger than the
+        grid wraps around."""
+        h, w = grid if grid is not None else self.in_shape[1:]
         k = self.kernel.to(dtype)
         kh, kw = k.shape[-2:]
         ii = (torch.arange(kh, device=k.device) - self.ph) % h  # wraps kernels larger than the image
@@ -108,13 +243,65 @@ class Blur(LinearOperator):
         inv = torch.where(keep, otf.conj() / torch.where(keep, mag2, torch.ones_like(mag2)), torch.zeros_like(otf))
         return torch.fft.ifft2(torch.fft.fft2(y) * inv).real
 
+    def cosine_otf2(self, dtype) -> torch.Tensor:
+        """``|otf|^2`` at the DCT-I frequencies ``(k / 2(H-1), l / 2(W-1))``, averaged over ``l -> -l``:
+        ``[B, 1, H, W]``, the DCT-I diagonal that approximates ``A^T A`` and ``A A^T``.
+
+        For a kernel symmetric in both axes (Gaussian, box) and the reflect border, ``A`` is a
+        circular convolution of the whole-sample symmetric extension on the ``2(H-1) x 2(W-1)``
+        torus, so it is diagonal in the DCT-I basis (up to the weights of the first and last rows
+        and columns) with these eigenvalues squared (the average is then a no-op).  For other
+        kernels (motion) and borders it is an approximation that, unlike the circular one, does
+        not wrap the image around.
+        """
+        _, h, w = self.in_shape
+        otf2 = self._centered_otf(dtype, (2 * (h - 1), 2 * (w - 1))).abs() ** 2
+        flipped = torch.roll(otf2.flip(-1), 1, dims=-1)  # otf2 at (k, -l)
+        return ((otf2 + flipped) / 2)[..., :h, :w]
+
+    def _gram_preconditioner(self, r2, s2, dtype):
+        """An SPD approximation of ``(r2 A A^T + s2)^{-1}``: exact for the circular border (Fourier), the
+        DCT-I diagonal of :meth:`cosine_otf2` for the others (exact away from the image's edges for the
+        reflect border and a mirror-symmetric kernel)."""
+        _, h, w = self.in_shape
+        if self.border != "circular" and min(h, w) > 1:
+            mult = 1.0 / (r2 * self.cosine_otf2(dtype) + s2)
+            uh, uw = dct1_matrix(h, dtype, self.kernel.device), dct1_matrix(w, dtype, self.kernel.device)
+            return lambda u: uh @ ((uh @ u @ uw) * mult) @ uw
+        mult = 1.0 / (r2 * self._centered_otf(dtype).abs() ** 2 + s2)
+        return lambda u: torch.fft.ifft2(torch.fft.fft2(u) * mult).real
+
+    def solve_AAt(self, v, r2, s2):  # noqa: N802
+        """``(r2 A A^T + s2 I)^{-1} v``.  Circular border: closed form (``A A^T`` is diagonal in Fourier,
+        exact).  Other borders: CG (``default_tol``, at most 100 iterations) preconditioned by the DCT-I
+        diagonal of :meth:`_gram_preconditioner` (for a Gaussian kernel a few times fewer iterations than
+        plain CG; for motion kernels about as many: the borders dominate).  With a small ``s2`` the
+        system is ill-conditioned and CG may stop at the cap, as before."""
+        r2 = _per_image(r2, v)
+        if float(s2) <= 0:
+            return super().solve_AAt(v, r2, s2)
+        precond = self._gram_preconditioner(r2, s2, v.dtype)
+        if self.border == "circular":
+            return precond(v)
+        return cg(lambda u: r2 * self.A(self.A_adjoint(u)) + s2 * u, v, iters=100, tol=default_tol(v.dtype),
+                  precond=precond)
+
     def params(self):
         return {**super().params(), "kernel": self.kind, "kernel_size": list(self.kernel.shape[-2:]),
                 "border": self.border}
 
     def select(self, idx):
         k = self.kernel if self.kernel.shape[0] == 1 else self.kernel[idx]
-        return Blur(k, self.in_shape, self.sigma_y, self.border, self.kind)
+        return Blur(k, self.in_shape, self.sigma_y, self.border, self.kind, self.method)
+
+
+def dct1_matrix(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The orthonormal DCT-I matrix of size ``n >= 2``: symmetric and orthogonal, so its own inverse."""
+    k = torch.arange(n, dtype=torch.float64)
+    c = torch.ones(n, dtype=torch.float64)
+    c[0] = c[-1] = 0.5**0.5
+    u = (2.0 / (n - 1)) ** 0.5 * c[:, None] * torch.cos(math.pi * k[:, None] * k[None, :] / (n - 1)) * c[None, :]
+    return u.to(device=device, dtype=dtype)
 
 
 def gaussian_kernel(size: int = 61, sigma: float = 3.0) -> torch.Tensor:

@@ -52,4 +52,6 @@ def run_with_restarts(solver: Solver, y: torch.Tensor, gens: Generators, restart
     chosen = torch.stack(scores_all).argmax(0)
     extra = {"restarts": restarts, "restart_rule": "min_measurement_residual" if rule == "residual" else "oracle_max_psnr",
              "chosen_run": chosen.tolist()}
+    if restarts == 1:  # the solver's own report (e.g. posterior-mean's conjugate-gradient convergence)
+        extra = {**res.extra, **extra}
     return Result(best, best_model, nfe, nb, extra)
