@@ -114,3 +114,16 @@ def test_a_bench_suite_sharded_over_two_processes(tmp_path):
     p = subprocess.run(launch(2, "bench", suite, "-o", two, "-q", *only, "--baseline", one / "results.json"),
                        capture_output=True, text=True, env=ENV)
     assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_bf16_on_the_cpu_warns(tmp_path):
+    from restore_cli.checks import RunConfig
+    from restore_cli.run import resolve
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    plan = resolve(RunConfig(task="inpaint", inputs=[tmp_path / "a.png"], method="pseudo-inverse", model="gaussian",
+                             device="cpu", dtype="bf16", output=tmp_path / "out"))
+    assert any("bf16 on the CPU" in w for w in plan.warnings)
+    plan = resolve(RunConfig(task="inpaint", inputs=[tmp_path / "a.png"], method="pseudo-inverse", model="gaussian",
+                             device="cpu", output=tmp_path / "out"))
+    assert not any("bf16" in w for w in plan.warnings)

@@ -79,7 +79,8 @@ COMMON = [
     P("device", P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
         "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]),
     P("dtype", P.KEYWORD_ONLY, default="fp32", annotation=Annotated[str, typer.Option(
-        "--dtype", help="Network precision: fp32, fp16 (cuda/mps), bf16 (cuda/cpu).")]),
+        "--dtype", help="Network precision: fp32 (every device), fp16 (cuda, mps), bf16 (cuda; "
+        "accepted on the CPU but usually much slower there).")]),
     P("steps", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
         "--steps", help="Sampling steps (default: the method's).")]),
     P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.")]),
