@@ -25,6 +25,7 @@ import torch
 
 from .bench_suite import (FASHION_MNIST, Cell, Suite, SuiteError, load_fashion_mnist, load_suite,  # noqa: F401
                           suite_context)
+from .distributed import Shard, file_lock
 from .io import fit_to, to_channels, write_json_atomic
 from .report import environment, mean_std
 
@@ -144,11 +145,14 @@ def summarize_cell(records: list[dict], failure_psnr: float) -> dict:
 
 
 def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = False,
-              progress: Callable[[str, dict], None] | None = None, only: list[str] | None = None) -> dict:
+              progress: Callable[[str, dict], None] | None = None, only: list[str] | None = None,
+              shard: Shard | None = None) -> dict:
     """Run every cell not already finished in ``output/results.json``; write results.json and results.md.
 
     ``only``: run just the cells whose label contains one of these strings (the others keep
-    their previous results, if any)."""
+    their previous results, if any).  ``shard``: under a launcher, this process runs every
+    ``world``-th cell still to run and merges its cells into results.json as it goes."""
+    shard = shard or Shard()
     from .hub import ModelUnavailable
     from .metrics import LPIPS, lpips_status
 
@@ -157,11 +161,12 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     output.mkdir(parents=True, exist_ok=True)
     res_path = output / "results.json"
     previous = {}
-    if res_path.exists():
+    if res_path.exists() and shard.main:
         try:
             previous = json.loads(res_path.read_text()).get("cells", {})
         except (json.JSONDecodeError, OSError):
             previous = {}
+    previous = shard.broadcast(previous)  # every process starts from the same state
     context = suite_context(suite)
     models = _Models(device, suite.models_file)
     ok, where = lpips_status(suite.lpips_net)
@@ -190,6 +195,21 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         write_json_atomic(res_path, data)
         (output / "results.md").write_text(md)
 
+    def save():
+        """Write results; under a launcher, around the other processes' cells as they are now (one lock)."""
+        if shard.world == 1:
+            return flush()
+        with file_lock(output / ".results.lock"):
+            try:
+                old = json.loads(res_path.read_text())
+            except (OSError, ValueError):
+                old = {}
+            cells = {**old.get("cells", {}), **{k: data["cells"][k] for k in touched if k in data["cells"]}}
+            data["cells"] = {c.key: cells[c.key] for c in suite.cells if c.key in cells}
+            data["models"] = {**old.get("models", {}), **data["models"]}
+            data["started"] = min(data["started"], old.get("started") or data["started"])
+            flush()
+
     prints = {}
     for cell in suite.cells:
         if cell.model not in prints:
@@ -200,9 +220,15 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     for cell in suite.cells:
         if cell.key in previous:
             data["cells"][cell.key] = previous[cell.key]
-    for n, cell in enumerate(suite.cells):
-        if only and not any(o in cell.label for o in only):
-            continue
+    selected = [(n, cell) for n, cell in enumerate(suite.cells) if not only or any(o in cell.label for o in only)]
+    todo = [(n, c) for n, c in selected
+            if rerun or (previous.get(c.key) or {}).get("status") not in ("ok", "skipped")]
+    mine = {c.key for _, c in shard.share(todo)}
+    touched: set[str] = set()
+    for n, cell in selected:
+        if cell.key not in mine and any(c.key == cell.key for _, c in todo):
+            continue  # another process's cell
+        touched.add(cell.key)
         prev = None if rerun else previous.get(cell.key)  # --rerun redoes the selected cells only
         entry = {"config": asdict(cell), "label": cell.label, "model_fingerprint": prints[cell.model], "context": context}
         if prev and prev.get("status") in ("ok", "skipped"):
@@ -228,9 +254,15 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         except Exception as e:  # noqa: BLE001 - one failing cell never loses the others
             data["cells"][cell.key] = {**entry, "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
         emit("cell", {"n": n, "total": len(suite.cells), "label": cell.label, "status": data["cells"][cell.key]["status"]})
-        flush()
-    data["finished"] = datetime.now(timezone.utc).isoformat()
-    flush()
+        save()
+    shard.barrier()
+    if shard.main:
+        data["finished"] = datetime.now(timezone.utc).isoformat()
+        save()
+        (output / ".results.lock").unlink(missing_ok=True)
+    shard.barrier()
+    if shard.world > 1:
+        data.update(json.loads(res_path.read_text()))
     return data
 
 

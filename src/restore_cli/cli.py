@@ -79,7 +79,8 @@ COMMON = [
     P("device", P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
         "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]),
     P("dtype", P.KEYWORD_ONLY, default="fp32", annotation=Annotated[str, typer.Option(
-        "--dtype", help="Network precision: fp32, fp16 (cuda/mps), bf16 (cuda/cpu).")]),
+        "--dtype", help="Network precision: fp32 (every device), fp16 (cuda, mps), bf16 (cuda; "
+        "accepted on the CPU but usually much slower there).")]),
     P("steps", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
         "--steps", help="Sampling steps (default: the method's).")]),
     P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.")]),
@@ -163,17 +164,22 @@ def hdr(hdr_scale: Annotated[float, typer.Option("--hdr-scale", help="Scale befo
 
 
 def _run(task: str, common: dict, task_opts: dict) -> int:
+    import os
+
     from .catalog import UsageError
     from .checks import RunConfig, check
 
     quiet = common.pop("quiet")
     restarts = task_opts.pop("_restarts", None)
     rule = task_opts.pop("_restart_rule", "residual")
+    # under a launcher (accelerate launch, torchrun) only the first process talks; the others are quiet
+    main = os.environ.get("RANK", "0") == "0"
+    usage = usage_error if main else (lambda msg: 2)
     cfg = RunConfig(task=task, task_opts=task_opts, restarts=restarts, restart_rule=rule, argv=sys.argv[:], **common)
     try:
         check(cfg)  # names, ranges and paths, before torch is imported: a usage error comes at once
     except UsageError as e:
-        return usage_error(str(e))
+        return usage(str(e))
     from .hub import ModelUnavailable
     from .run import execute, resolve
 
@@ -184,28 +190,30 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
     try:
         plan = resolve(cfg)
     except UsageError as e:
-        return usage_error(str(e))
-    for w in plan.warnings:
+        return usage(str(e))
+    for w in plan.warnings if main else []:
         err.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
 
     try:
-        with RunProgress(quiet) as prog:
+        with RunProgress(quiet or not main) as prog:
             def events(kind, info):
                 if kind == "warning":
-                    err.print(f"[yellow]warning:[/yellow] {escape(info['message'])}", highlight=False, soft_wrap=True)
+                    if main:
+                        err.print(f"[yellow]warning:[/yellow] {escape(info['message'])}", highlight=False, soft_wrap=True)
                 else:
                     prog.event(kind, info)
 
-            report = execute(plan, events, tqdm_class=rich_tqdm())
+            report = execute(plan, events, tqdm_class=rich_tqdm() if main else None)
     except UsageError as e:
-        return usage_error(str(e))
+        return usage(str(e))
     except ModelUnavailable as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted: finished images are kept; rerun the same command to continue")
         return 130
-    print_summary(report, quiet)
+    if main:
+        print_summary(report, quiet)
     return 1 if report.failed else 0
 
 
@@ -285,8 +293,14 @@ def bench_cmd(
     except (SuiteError, UsageError) as e:
         raise typer.Exit(usage_error(str(e)))
     out_dir = output or Path("bench") / plan.name
-    with BenchProgress(quiet, len(plan.cells)) as prog:
-        data = run_suite(plan, out_dir, dev, rerun=rerun, progress=prog.event, only=only)
+    from .distributed import current
+
+    shard = current(cpu=dev.type == "cpu")  # under a launcher: this process's share of the cells
+    dev = shard.place(dev)
+    with BenchProgress(quiet or not shard.main, len(plan.cells)) as prog:
+        data = run_suite(plan, out_dir, dev, rerun=rerun, progress=prog.event, only=only, shard=shard)
+    if not shard.main:  # rank 0 reports the merged results and gates them
+        raise typer.Exit(0)
     cells = data["cells"].values()
     failed = [c for c in cells if c["status"] == "failed"]
     for c in failed:

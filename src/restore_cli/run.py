@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 from . import __version__
 from .checks import RunConfig, check  # noqa: F401 - RunConfig is part of this module's API
 from .config import ModelSpec
+from .distributed import Shard, current, locked_update
 from .hub import ModelUnavailable, load_prior
 from .io import ImageReadError, fit_to, read_image_info, side_by_side, unfit, write_json_atomic, write_png
 from .batch import error_line, score, solve_batch
@@ -51,6 +52,7 @@ class Plan:
     stems: list[str] = field(default_factory=list)  # each image's output stem (checks.output_stems)
     overrides: dict = field(default_factory=dict)  # the hyperparameters given (--set, --steps)
     warnings: list[str] = field(default_factory=list)  # said once before the run, recorded in metrics.json
+    shard: Shard = field(default_factory=Shard)  # this process's place under a launcher (distributed.py)
 
 
 def resolve(cfg: RunConfig) -> Plan:
@@ -66,11 +68,13 @@ def resolve(cfg: RunConfig) -> Plan:
             dsg = DiffStateGrad(cfg.var_cutoff, cfg.period or info.cls.default_period, cfg.rank_mode)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    device = resolve_device(cfg.device)
+    shard = current(cpu=cfg.device == "cpu")
+    device = shard.place(resolve_device(cfg.device))  # under a launcher: one GPU per process
     dtype = resolve_dtype(cfg.dtype, device)
     # solver construction validates the hyperparameters' values against the task (cheap, no model)
     return Plan(cfg, c.model, info, hp, dsg, device, dtype, c.images, c.restarts,
-                resolve_prompt(c.model, info.name, cfg.prompt), c.stems, dict(hp), steps_warnings(info, hp))
+                resolve_prompt(c.model, info.name, cfg.prompt), c.stems, dict(hp),
+                steps_warnings(info, hp) + dtype_warnings(dtype, device), shard)
 
 
 def steps_warnings(info: MethodInfo, hp: dict) -> list[str]:
@@ -81,6 +85,14 @@ def steps_warnings(info: MethodInfo, hp: dict) -> list[str]:
         return []
     return [f"{info.name}'s step sizes are tuned for {tuned} {info.steps_key.replace('_', ' ')}; at {steps} expect a "
             f"much worse (even noisy) result unless you also retune them with --set"]
+
+
+def dtype_warnings(dtype: torch.dtype, device: torch.device) -> list[str]:
+    """A warning where a precision is known to be slow on the device."""
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        return ["bf16 on the CPU is emulated by most processors and can be far slower than fp32 "
+                "(2 DPS steps of ddpm-celebahq-256 did not finish in 2000 s, against 110 s in fp32); use --dtype fp32"]
+    return []
 
 
 # the parts of metrics.json's "config" that decide the results: a rerun resumes only when they all match
@@ -162,11 +174,29 @@ Events = Callable[[str, dict], None]
 
 def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report:
     """Run a resolved plan; ``events(kind, info)`` receives progress ("model", "batch", "step", "image",
-    "warning").  Holds the output folder's lock throughout (a second run into it is refused)."""
+    "warning").  Holds the output folder's lock throughout (a second run into it is refused).
+
+    Under a launcher (``plan.shard.world > 1``) rank 0 holds the lock and checks the folder; each process
+    restores its share of the images still to do and merges its records into ``metrics.json`` as it goes."""
     out = Path(plan.cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
-        return _execute(plan, out, events or (lambda kind, info: None), tqdm_class)
+    emit = events or (lambda kind, info: None)
+    shard = plan.shard
+    if shard.world == 1:
+        out.mkdir(parents=True, exist_ok=True)
+        with output_lock(out):
+            return _execute(plan, out, emit, tqdm_class)
+    with ExitStack() as stack:
+        error = None
+        if shard.main:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(output_lock(out))
+            except (UsageError, OSError) as e:
+                error = str(e)
+        error = shard.broadcast(error)
+        if error:
+            raise UsageError(error)
+        return _execute(plan, out, emit, tqdm_class)
 
 
 def _previous_records(plan: Plan, out: Path, config: dict) -> dict[str, dict]:
@@ -202,7 +232,6 @@ def _previous_records(plan: Plan, out: Path, config: dict) -> dict[str, dict]:
 def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
     cfg = plan.cfg
     metrics_path = out / "metrics.json"
-    stems = plan.stems
     data = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "restore", "version": __version__},
@@ -227,12 +256,85 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
         "images": [],
         "summary": {},
     }
-    previous = _previous_records(plan, out, data["config"])
+    shard = plan.shard
+    if shard.world > 1:
+        data["config"]["processes"] = shard.world
+    # rank 0 checks the folder and lists what is left; every process starts from its answer
+    verdict = None
+    if shard.main:
+        try:
+            verdict = _plan_records(plan, out, data["config"])
+        except UsageError as e:
+            verdict = str(e)
+    verdict = shard.broadcast(verdict)
+    if isinstance(verdict, str):
+        raise UsageError(verdict)
+    carried, records, todo = verdict
+    mine = shard.share(todo)
+    ours = {r["input"] for r in records}
+    touched = set(mine)
+
+    def flush():
+        if shard.world == 1:
+            data["images"] = carried + records
+            data["summary"] = summarize(records)
+            write_json_atomic(metrics_path, data)
+            return
+
+        def merge(old):  # this process's records over the file's (the others' progress kept)
+            if not old or old.get("started") != data["started"]:
+                return {**data, "images": carried + records, "summary": summarize(records)}
+            by_input = {r["input"]: r for r in old["images"]}
+            for i in touched:
+                by_input[records[i]["input"]] = records[i]
+            for k in ("hyperparameters",):
+                old["config"]["method"][k] = old["config"]["method"][k] or data["config"]["method"][k]
+            for k in ("loaded_as", "resolved_revision", "source_sha256"):
+                if k in data["config"]["model"]:
+                    old["config"]["model"].setdefault(k, data["config"]["model"][k])
+            old["config"]["lpips"] = data["config"]["lpips"] if old["config"]["lpips"]["available"] is None else old["config"]["lpips"]
+            old["config"]["warnings"] = list(dict.fromkeys(old["config"]["warnings"] + data["config"]["warnings"]))
+            old["images"] = list(by_input.values())
+            old["summary"] = summarize([r for r in old["images"] if r["input"] in ours])
+            for k in ("finished", "interrupted"):
+                if data.get(k):
+                    old[k] = data[k]
+            return old
+
+        data.update(locked_update(metrics_path, merge))
+
+    data["started"] = shard.broadcast(data["started"])  # one run: one start time, the merge's key
+    if shard.main:
+        flush()
+    shard.barrier()
+    if todo:
+        try:
+            _solve_all(plan, out, mine, records, data, flush, emit, tqdm_class)
+        except KeyboardInterrupt:
+            data["interrupted"] = True  # the images not reached stay "pending"; a rerun continues
+            flush()
+            raise
+    shard.barrier()
+    if shard.main:
+        data["finished"] = datetime.now(timezone.utc).isoformat()
+        flush()
+        (out / ".metrics.json.lock").unlink(missing_ok=True)  # the processes' merge lock (distributed.py)
+    if shard.world > 1:
+        shard.barrier()
+        data.update(json.loads(metrics_path.read_text()))
+    return Report(data, metrics_path)
+
+
+def _plan_records(plan: Plan, out: Path, config: dict) -> tuple[list[dict], list[dict], list[int]]:
+    """(an earlier run's records of other images, kept; one record per input: skipped or pending; the
+    indices of the inputs still to do)."""
+    cfg = plan.cfg
+    previous = _previous_records(plan, out, config)
     ours = {str(p) for p in plan.images}
     carried = [r for k, r in previous.items() if k not in ours]  # an earlier run's other images: kept
     records: list[dict] = []
     todo = []
-    for i, (p, stem) in enumerate(zip(plan.images, stems)):
+    for i, (p, stem) in enumerate(zip(plan.images, plan.stems)):
         if not cfg.overwrite and (out / f"{stem}.png").exists():
             rec = dict(previous.get(str(p), {}))
             rec.update({"input": str(p), "output": str(out / f"{stem}.png"), "status": "skipped"})
@@ -240,23 +342,7 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
             rec = {"input": str(p), "output": str(out / f"{stem}.png"), "status": "pending", "error": None}
             todo.append(i)
         records.append(rec)
-
-    def flush():
-        data["images"] = carried + records
-        data["summary"] = summarize(records)
-        write_json_atomic(metrics_path, data)
-
-    flush()
-    if todo:
-        try:
-            _solve_all(plan, out, todo, records, data, flush, emit, tqdm_class)
-        except KeyboardInterrupt:
-            data["interrupted"] = True  # the images not reached stay "pending"; a rerun continues
-            flush()
-            raise
-    data["finished"] = datetime.now(timezone.utc).isoformat()
-    flush()
-    return Report(data, metrics_path)
+    return carried, records, todo
 
 
 def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data: dict, flush, emit: Events,
@@ -264,14 +350,24 @@ def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data
     """Load the model, then read the images one at a time (never more than a batch in memory) and solve
     them in batches of consecutive images of one working shape; each image's failure is its own."""
     cfg = plan.cfg
-    emit("model", {"name": plan.model.name})
+    shard = plan.shard
+    # many processes: each machine's first process downloads and converts, the others then read its cache
+    if shard.world > 1 and shard.local_rank != 0:
+        shard.barrier()
     try:
-        prior = load_prior(plan.model, plan.device, plan.dtype, tqdm_class=tqdm_class, low_memory=cfg.low_memory,
-                           prompt=plan.prompt)
-    except ModelUnavailable:
-        raise  # already one clear line
-    except Exception as e:  # noqa: BLE001 - a broken model directory or file: one line, exit 1
-        raise ModelUnavailable(f"could not load model {plan.model.name!r}: {type(e).__name__}: {e}") from e
+        if not todo:
+            return  # nothing in this process's share
+        emit("model", {"name": plan.model.name})
+        try:
+            prior = load_prior(plan.model, plan.device, plan.dtype, tqdm_class=tqdm_class, low_memory=cfg.low_memory,
+                               prompt=plan.prompt)
+        except ModelUnavailable:
+            raise  # already one clear line
+        except Exception as e:  # noqa: BLE001 - a broken model directory or file: one line, exit 1
+            raise ModelUnavailable(f"could not load model {plan.model.name!r}: {type(e).__name__}: {e}") from e
+    finally:
+        if shard.world > 1 and shard.local_rank == 0:
+            shard.barrier()
     data["config"]["model"]["loaded_as"] = prior.info()
     data["config"]["model"]["resolved_revision"] = getattr(prior, "resolved_revision", None)
     if getattr(prior, "source_sha256", None):  # a converted original checkpoint: the file it came from

@@ -1,0 +1,111 @@
+"""Many processes: ``accelerate launch`` (and ``torchrun``, and SLURM's ``srun`` + ``accelerate launch``).
+
+A launcher starts one process per device and sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+:func:`current` then joins the process group through accelerate's ``PartialState`` (NCCL on GPUs,
+gloo on the CPU).  Work is shared deterministically (:meth:`Shard.share`: item ``k`` of a list goes
+to rank ``k % world``), each process writes its own outputs atomically and merges its records into
+the shared JSON file under a file lock (:func:`locked_update`) as it goes, so a killed process or
+node loses nothing already written and a rerun with any number of processes finishes the rest.
+
+Without a launcher, :func:`current` is the single process (rank 0 of 1) and costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    state: Any = None  # accelerate's PartialState when world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, items: list) -> list:
+        """This process's items: every ``world``-th from position ``rank``."""
+        return items[self.rank::self.world]
+
+    def place(self, device):
+        """``cuda`` without an index becomes this process's GPU (local rank); other devices are kept."""
+        if self.world > 1 and device.type == "cuda" and device.index is None:
+            import torch
+
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return device
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        box = [obj]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def record(self) -> dict | None:
+        return None if self.world == 1 else {"world": self.world}
+
+
+def launched() -> bool:
+    """Started by a launcher with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def current(cpu: bool = False) -> Shard:
+    """This process's place in the launch (the process group is set up on the first call)."""
+    if not launched():
+        return Shard()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
+    return Shard(state.process_index, state.num_processes, state.local_process_index, state)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on ``path`` (created if needed), waiting for it: for short read-modify-writes."""
+    f = open(path, "a+")
+    try:
+        if sys.platform == "win32":  # pragma: no cover
+            import msvcrt
+
+            msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        f.close()
+
+
+def locked_update(path: Path, update: Callable[[dict | None], dict]) -> dict:
+    """Read the JSON at ``path`` (None if absent or unreadable), apply ``update`` and write the result
+    atomically, all under ``path``'s side lock, so that processes merging into one file lose nothing."""
+    from .io import write_json_atomic
+
+    path = Path(path)
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        new = update(old)
+        write_json_atomic(path, new)
+    return new
