@@ -29,11 +29,51 @@ from .base import Prior, Schedule, as_batch_sigma, vp_scale
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def unet_x0(unet, x, sigma, schedule: Schedule, prediction_type: str, cond=None):
+def _device_log_sigmas(schedule: Schedule, device: torch.device) -> torch.Tensor:
+    """``schedule.log_sigmas`` on ``device`` (float64), copied there once."""
+    if device.type == "cpu":
+        return schedule.log_sigmas
+    cache = schedule.__dict__.setdefault("_log_sigmas_on", {})
+    if device not in cache:
+        cache[device] = schedule.log_sigmas.to(device)
+    return cache[device]
+
+
+def timesteps(schedule: Schedule, sigma: torch.Tensor) -> torch.Tensor:
+    """``schedule.sigma_to_t`` of per-image noise levels (any shape, flattened to ``[B]``, float32), the same
+    arithmetic on their own device so that nothing waits for it (MPS, without float64, on the host)."""
+    s = sigma.reshape(-1).detach()
+    if s.device.type == "mps":
+        return schedule.sigma_to_t(s.cpu()).to(device=s.device, dtype=torch.float32)
+    log_sigmas = _device_log_sigmas(schedule, s.device)
+    ls = s.to(torch.float64).clamp(schedule.sigma_min, schedule.sigma_max).log()
+    idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
+    lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+    w = ((ls - lo) / (hi - lo)).clamp(0, 1)
+    return ((idx - 1).to(torch.float64) + w).to(torch.float32)
+
+
+def sigma_and_t(schedule: Schedule, sigma, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma, t)``: the noise level as ``[B, 1, 1, 1]`` of ``x``'s dtype (``as_batch_sigma``) and its timestep
+    as ``[B]`` float32, both on ``x``'s device.  A scalar level (a Python number, what every solver passes)
+    is looked up on the host and written with two fills: no copy to the device, no wait for it."""
+    if isinstance(sigma, (int, float)) or (torch.is_tensor(sigma) and sigma.dim() == 0 and sigma.device.type == "cpu"):
+        sv = float(torch.as_tensor(sigma, dtype=x.dtype))  # the value as_batch_sigma stores
+        t = float(schedule.sigma_to_t(torch.tensor(sv, dtype=torch.float64)))
+        b = x.shape[0]
+        return (torch.full((b,) + (1,) * (x.dim() - 1), sv, dtype=x.dtype, device=x.device),
+                torch.full((b,), t, dtype=torch.float32, device=x.device))
+    s = as_batch_sigma(sigma, x)
+    return s, timesteps(schedule, s)
+
+
+def unet_x0(unet, x, sigma, schedule: Schedule, prediction_type: str, cond=None, t: torch.Tensor | None = None):
     """``(x0, v)``: the VE Tweedie estimate of a VP network (epsilon, v or sample prediction) and, for a
-    learned-range model (``2C`` output channels), its variance interpolation ``v`` (else None)."""
+    learned-range model (``2C`` output channels), its variance interpolation ``v`` (else None).
+    ``sigma``: ``[B, 1, 1, 1]``; ``t``: its timesteps (``[B]``, from :func:`sigma_and_t`; computed when None)."""
     p = next(unet.parameters())
-    t = schedule.sigma_to_t(sigma.reshape(-1).detach().cpu()).to(device=x.device, dtype=torch.float32)
+    if t is None:
+        t = timesteps(schedule, sigma)
     a = vp_scale(sigma)
     kw = {} if cond is None else {"encoder_hidden_states": cond.to(p.dtype)}
     out = unet((x * a).to(p.dtype), t, **kw).sample.to(x.dtype)
@@ -79,16 +119,26 @@ class DiffusionPrior(Prior):
         sched_cfg = DDPMScheduler.load_config(source, revision=revision, subfolder=scheduler_subfolder, **hub_kwargs)
         return cls(unet, sched_cfg, clip=clip, name=name or str(source))
 
+    def low_memory(self, on: bool = True) -> None:
+        """Gradient checkpointing in the UNet: backpropagating through it (DPS, PiGDM) then stores far
+        fewer activations, at the cost of recomputing them (the same results)."""
+        if getattr(self.unet, "_supports_gradient_checkpointing", False):
+            self.unet.enable_gradient_checkpointing() if on else self.unet.disable_gradient_checkpointing()
+
+    def denoise(self, x, sigma):
+        self.nfe += 1
+        return self._forward(x, *sigma_and_t(self.schedule, sigma, x))[0]
+
     def _denoise(self, x, sigma):
         return self._forward(x, sigma)[0]
 
     def denoise_with_variance(self, x, sigma):
         """``(x0, v)``: the Tweedie estimate and, for a learned-range model, its variance output ``v``."""
         self.nfe += 1
-        return self._forward(x, as_batch_sigma(sigma, x))
+        return self._forward(x, *sigma_and_t(self.schedule, sigma, x))
 
-    def _forward(self, x, sigma):
-        x0, var = unet_x0(self.unet, x, sigma, self.schedule, self.prediction_type)
+    def _forward(self, x, sigma, t=None):
+        x0, var = unet_x0(self.unet, x, sigma, self.schedule, self.prediction_type, t=t)
         return (x0.clamp(-1, 1) if self.clip else x0), var
 
     def info(self):

@@ -31,15 +31,20 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..rng import randn_like
 from .base import Prior, Schedule
-from .diffusion import unet_x0
+from .diffusion import sigma_and_t, unet_x0
 from .gaussian import GaussianPrior
 
 
-def _unet_x0(unet, x, sigma, schedule: Schedule, prediction_type: str, cond=None):
+def _unet_x0(unet, x, sigma, schedule: Schedule, prediction_type: str, cond=None, t=None):
     """The VE Tweedie estimate of a VP network (the pixel prior's conversion, variance output dropped)."""
-    return unet_x0(unet, x, sigma, schedule, prediction_type, cond)[0]
+    return unet_x0(unet, x, sigma, schedule, prediction_type, cond, t)[0]
+
+
+def _noise_like(x, gens):
+    from ..solvers.base import noise_like  # rng.randn_like, copied to a GPU without waiting for it
+
+    return noise_like(x, gens)
 
 
 class LatentDiffusionPrior(Prior):
@@ -117,7 +122,7 @@ class LatentDiffusionPrior(Prior):
             z = self.ae.encode(x.to(p.dtype)).latents
         else:
             dist = self.ae.encode(x.to(p.dtype)).latent_dist
-            z = dist.mean if gens is None else dist.mean + dist.std * randn_like(dist.mean, gens)
+            z = dist.mean if gens is None else dist.mean + dist.std * _noise_like(dist.mean, gens)
         return z.to(img.dtype) * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -130,15 +135,22 @@ class LatentDiffusionPrior(Prior):
         return img
 
     # -- denoiser -----------------------------------------------------------------------
-    def _denoise(self, x, sigma, cond=None):
+    def denoise(self, x, sigma, **cond):
+        self.nfe += 1
+        s, t = sigma_and_t(self.schedule, sigma, x)  # no copy to the device, no wait for it
+        return self._denoise(x, s, t=t, **cond)
+
+    def _denoise(self, x, sigma, cond=None, t=None):
+        sched, pt = self.schedule, self.prediction_type
         if not self.conditional:
-            return _unet_x0(self.unet, x, sigma, self.schedule, self.prediction_type)
+            return _unet_x0(self.unet, x, sigma, sched, pt, t=t)
         cond = self.cond if cond is None else cond
         cond = cond.expand(x.shape[0], -1, -1) if cond.shape[0] == 1 else cond
         if self.guidance_scale == 1.0:
-            return _unet_x0(self.unet, x, sigma, self.schedule, self.prediction_type, cond)
+            return _unet_x0(self.unet, x, sigma, sched, pt, cond, t)
         both = torch.cat([self.null.expand(x.shape[0], -1, -1), cond])
-        x0 = _unet_x0(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]), self.schedule, self.prediction_type, both)
+        x0 = _unet_x0(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]), sched, pt, both,
+                      None if t is None else torch.cat([t, t]))
         x0_null, x0_cond = x0.chunk(2)
         return x0_null + self.guidance_scale * (x0_cond - x0_null)  # linear in eps, so also in x0
 

@@ -43,6 +43,17 @@ class Result:
 Callback = Callable[[StepInfo], None]
 
 
+def noise_like(x: torch.Tensor, gens: Generators) -> torch.Tensor:
+    """``rng.randn_like(x, gens)`` (the same values: drawn image by image on the CPU from each image's
+    generator) without making a GPU wait: on CUDA the draws are copied from pinned memory asynchronously,
+    where a plain copy of pageable memory synchronises the host with the device at every step."""
+    if x.device.type != "cuda":
+        return randn_like(x, gens)
+    if x.shape[0] != len(gens):
+        raise ValueError(f"batch of {x.shape[0]} but {len(gens)} generators")
+    return randn(tuple(x.shape[1:]), gens).pin_memory().to(x.device, non_blocking=True).to(x.dtype)
+
+
 def per_image_sq_norm(v: torch.Tensor) -> torch.Tensor:
     return v.flatten(1).pow(2).sum(1)
 
@@ -132,6 +143,7 @@ class Solver:
     default_period = 1  # DiffStateGrad's F for this solver
     # the measurement-guidance step size(s): what `restore bench` scales in a step-size sweep
     guidance_keys: tuple[str, ...] = ()
+    decode_result = True  # run() decodes the final sample (False: the subclass's run does, after refining it)
 
     def __init__(self, prior: Prior, op: Operator, diffstategrad: DiffStateGrad | None = None, **hparams):
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -172,7 +184,7 @@ class Solver:
         """The unconditional step ``x'_next`` (DDPM ancestral for ``eta = 1``), noise from the images' generators;
         ``var``: a learned-range variance output, used for the noise of a DDPM step (``eta = 1``)."""
         x0 = x0.detach()
-        noise = randn_like(x0, gens) if sigma_next > 0 and eta > 0 else None
+        noise = noise_like(x0, gens) if sigma_next > 0 and eta > 0 else None
         std = learned_noise_std(var.detach(), sigma, sigma_next) if var is not None and eta == 1 and sigma_next > 0 else None
         return ancestral_step(x.detach(), x0, sigma, sigma_next, noise, eta, noise_std=std)
 
@@ -198,8 +210,10 @@ class Solver:
             x, x0 = x.detach(), x0.detach()
             if callback is not None:
                 callback(StepInfo(i, len(sig) - 1, sig[i], x0))
-        with torch.no_grad():
-            images = self.prior.decode(x).clamp(0, 1)
+        images = None  # a solver that refines the final sample (ReSample) decodes its own result
+        if self.decode_result:
+            with torch.no_grad():
+                images = self.prior.decode(x).clamp(0, 1)
         return Result(images, x, self.prior.nfe - nfe0, self.n_backward, {})
 
     def params(self) -> dict:
@@ -207,4 +221,5 @@ class Solver:
                 "diffstategrad": None if self.dsg is None else self.dsg.params()}
 
 
-__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "learned_noise_std", "per_image_sq_norm"]
+__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "learned_noise_std", "noise_like",
+           "per_image_sq_norm"]

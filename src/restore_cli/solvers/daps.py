@@ -38,8 +38,7 @@ import math
 
 import torch
 
-from ..rng import randn_like
-from .base import Solver, per_image_sq_norm
+from .base import Solver, noise_like, per_image_sq_norm
 from .projection import projector
 
 
@@ -85,9 +84,8 @@ class DAPS(Solver):
                     + per_image_sq_norm(x0 - x0_hat) / (2 * sigma**2)).sum()
             g = self.grad(loss, x0)
             with torch.no_grad():
-                x0 = x0 - lr * proj(g, k) + math.sqrt(2 * lr) * randn_like(x0, gens)
-                bad = ~torch.isfinite(x0.flatten(1)).all(1)
-                if bool(bad.any()):
-                    x0[bad] = x0_hat[bad]
-        x_next = x0 + sigma_next * randn_like(x0, gens) if sigma_next > 0 else x0
+                x0 = x0 - lr * proj(g, k) + math.sqrt(2 * lr) * noise_like(x0, gens)
+                bad = ~torch.isfinite(x0.flatten(1)).all(1)  # restart those chains, without asking the device
+                x0 = torch.where(bad.reshape(-1, *([1] * (x0.dim() - 1))), x0_hat, x0)
+        x_next = x0 + sigma_next * noise_like(x0, gens) if sigma_next > 0 else x0
         return x_next, x0

@@ -126,10 +126,11 @@ class P2L(Solver):
             opt.step(g_emb, active)
 
     def project(self, z0, y):
-        """Eq. 19-20: proximal pixel step by CG, then re-encode."""
+        """Eq. 19-20: proximal pixel step by CG, then re-encode (``D(z0)`` taken from the step when it decoded ``z0``)."""
         lam = self.hp["lam"]
+        known = getattr(self, "_decoded", None)
         with torch.no_grad():
-            d = self.prior.decode(z0)
+            d = known[1] if known is not None and known[0] is z0 else self.prior.decode(z0)
             rhs = self.op.A_adjoint(y) + lam * d
             x = cg(lambda v: self.op.A_adjoint(self.op.A(v)) + lam * v, rhs, x0=d, iters=int(self.hp["cg_iters"]))
             return self.prior.encode(x)
@@ -153,12 +154,15 @@ class P2L(Solver):
         x = x.detach().requires_grad_(True)
         kw = {"cond": self.emb.detach()} if self.emb is not None else {}
         z0 = self.prior.denoise(x, sigma, **kw)
-        g = self.grad(self.norm(z0, y).sum(), x)
+        img = self.prior.decode(z0)  # decoded once: the guidance's residual and the projection's D(z0_hat)
+        g = self.grad((self.op.residual_scale * (y - self.op.A(img))).flatten(1).norm(dim=1).sum(), x)
         z0 = z0.detach()
+        self._decoded = (z0, img.detach())
         eps = (x.detach() - z0) / sigma
         t = len(self._sig) - 1 - i  # Algorithm 1's t = T .. 1
         every = int(h["every"])  # 0: never project (latent DPS with prompt tuning)
         z0_t = self.project(z0, y) if every > 0 and t % every == 0 else z0
+        self._decoded = None
         z_next = z0_t + sigma_next * eps  # DDIM, eta = 0 (VE)
         proj = projector(self.dsg, x)
         return z_next + self.latent_step(proj(g, i), sigma, sigma_next), z0_t

@@ -60,6 +60,13 @@ class PiGDM(Solver):
     def sigmas(self):
         return self.prior.schedule.ddim_sigmas(int(self.hp["steps"]))
 
+    def encoded_h_dagger(self, y):
+        """``encode(h^+(y))``, the same at every step: computed once per measurement."""
+        cached = getattr(self, "_hy", None)
+        if cached is None or cached[0] is not y:
+            self._hy = cached = (y, self.prior.encode(self.op.h_dagger(y)))
+        return cached[1]
+
     def step(self, i, x, y, sigma, sigma_next, gens):
         x = x.detach().requires_grad_(True)
         x0 = self.prior.denoise(x, sigma)
@@ -73,7 +80,7 @@ class PiGDM(Solver):
                 v = self.op.solve_AAt(s * (y - self.op.A(img)), c**2, (s * self.op.sigma_y) ** 2 / r2)
                 vec = c * self.op.A_adjoint(v)
             else:
-                vec = self.prior.encode(self.op.h_dagger(y)) - self.prior.encode(self.op.h_dagger(self.op.A(img)))
+                vec = self.encoded_h_dagger(y) - self.prior.encode(self.op.h_dagger(self.op.A(img)))
         g = self.grad(x0, x, grad_outputs=vec)  # the vector-Jacobian product through the denoiser only
         x_next = self.ddim_next(x, x0, sigma, sigma_next, gens, eta=self.hp["eta"])
         proj = projector(self.dsg, x_next)

@@ -115,15 +115,13 @@ class DiffStateGrad:
         z = state.detach().to(torch.float32 if state.dtype in (torch.float16, torch.bfloat16) else state.dtype)
         # a diverged image (NaN/inf state, e.g. a too large step size) has no subspace: its gradient
         # passes through unprojected, and the others are projected as usual
-        bad = ~torch.isfinite(z.flatten(1)).all(1)
-        if bool(bad.any()):
-            z = torch.where(bad.reshape(-1, *([1] * (z.dim() - 1))), torch.zeros_like(z), z)
-        u, s, vh = torch.linalg.svd(z, full_matrices=False)
+        bad = ~torch.isfinite(z.flatten(1)).all(1)  # masked on the device: no question to it, no wait
+        z = torch.where(bad.reshape(-1, *([1] * (z.dim() - 1))), torch.zeros_like(z), z)
+        u, s, vh = torch.linalg.svd(z, full_matrices=False)  # one batched SVD, on the state's device
         rank = {"channels": channels_rank, "paper": paper_rank, "reference": reference_rank}[self.rank_mode](s, self.var_cutoff)
         k = torch.arange(s.shape[-1], device=s.device)
         keep = (k < rank[..., None].to(s.device)).to(z.dtype)  # [B, C, K]
-        return StateProjector(u * keep[..., None, :], vh * keep[..., :, None], rank, self.period,
-                              bad if bool(bad.any()) else None)
+        return StateProjector(u * keep[..., None, :], vh * keep[..., :, None], rank, self.period, bad)
 
     def params(self) -> dict:
         return {"var_cutoff": self.var_cutoff, "period": self.period, "rank_mode": self.rank_mode}
@@ -135,7 +133,7 @@ class StateProjector:
     def __init__(self, u_r: torch.Tensor, vh_r: torch.Tensor, rank: torch.Tensor, period: int,
                  passthrough: torch.Tensor | None = None):
         self.u_r, self.vh_r, self.rank, self.period = u_r, vh_r, rank, int(period)
-        self.passthrough = passthrough  # [B] bool: images whose state was not finite
+        self.passthrough = passthrough  # [B] bool (or None): images whose state was not finite
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
         u, vh = self.u_r.to(g.dtype), self.vh_r.to(g.dtype)

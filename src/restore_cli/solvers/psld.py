@@ -61,8 +61,15 @@ class PSLD(GMLDPS):
             return F.pad(up, (0, w - up.shape[-1], 0, h - up.shape[-2]))
         return v  # deblurring and inpainting: the identity
 
+    def glued_measurement(self, img: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``A^T y`` with ``y`` measured on ``[-1, 1]`` images: the same at every step, computed once per measurement."""
+        cached = getattr(self, "_aty", None)
+        if cached is None or cached[0] is not y or cached[1] != (img.shape, img.dtype, img.device):
+            y_pm = self.op.residual_scale * y - self.op.A(torch.ones_like(img))  # y measured on [-1, 1] images
+            self._aty = cached = (y, (img.shape, img.dtype, img.device), self.transpose(y_pm).detach())
+        return cached[2]
+
     def glue(self, img: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = img * 2 - 1
-        y_pm = self.op.residual_scale * y - self.op.A(torch.ones_like(img))  # y measured on [-1, 1] images
-        glued = self.transpose(y_pm) + x - self.transpose(self.op.A(x))
+        glued = self.glued_measurement(img, y) + x - self.transpose(self.op.A(x))
         return (glued + 1) / 2

@@ -57,8 +57,7 @@ import math
 
 import torch
 
-from ..rng import randn_like
-from .base import MaskedAdamW, Solver
+from .base import MaskedAdamW, Solver, noise_like
 from .projection import projector
 
 
@@ -69,6 +68,7 @@ class ReSample(Solver):
                 "pixel_lr": 1e-2, "pixel_iters": 2000, "latent_lr": 5e-3, "latent_iters": 500, "eps": 1e-3,
                 "tweedie": "paper", "dsg_stages": "code"}
     default_period = 5
+    decode_result = False  # run() decodes only the final latent optimisation's result
     guidance_keys = ("latent_lr",)  # the stage DiffStateGrad projects
     choices = {"tweedie": ("paper", "reference"), "dsg_stages": ("code", "paper")}
 
@@ -135,7 +135,7 @@ class ReSample(Solver):
         s2 = self.hp["gamma"] * (1 - a_t) / (1 - a_prev) * (1 - a_prev / a_t)
         mean = (s2 * z0_y + (1 - a_t) * z_t) / (s2 + 1 - a_t)
         std_vp = math.sqrt(s2 * (1 - a_t) / (s2 + 1 - a_t))
-        return mean + std_vp / math.sqrt(a_t) * randn_like(z_t, gens)
+        return mean + std_vp / math.sqrt(a_t) * noise_like(z_t, gens)
 
     # -- the loop --------------------------------------------------------------------------
     def step(self, i, x, y, sigma, sigma_next, gens):
