@@ -100,7 +100,7 @@ COMMON = [
     P("overwrite", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
         "--overwrite", help="Redo images whose outputs exist.")]),
     P("low_memory", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-        "--low-memory", help="Gradient checkpointing in latent models' decoder and UNet (less memory, slower).")]),
+        "--low-memory", help="Gradient checkpointing in the UNet (and a latent model's decoder): less memory, slower.")]),
     P("lpips_net", P.KEYWORD_ONLY, default="alex", annotation=Annotated[str, typer.Option(
         "--lpips-net", help="LPIPS backbone: alex or vgg.")]),
     P("quiet", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(

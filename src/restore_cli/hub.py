@@ -226,6 +226,7 @@ def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_
     prior = prior.to(device)
     if dtype != torch.float32:
         prior.unet.to(dtype)  # the network runs in the requested precision; solver arithmetic stays float32
+    prior.low_memory(low_memory)  # gradient checkpointing in the UNet (DPS, PiGDM backpropagate through it)
     return _record_revision(prior, spec, root)
 
 
