@@ -8,6 +8,9 @@ the shared JSON file under a file lock (:func:`locked_update`) as it goes, so a 
 node loses nothing already written and a rerun with any number of processes finishes the rest.
 
 Without a launcher, :func:`current` is the single process (rank 0 of 1) and costs nothing.
+
+The locks live here too: :func:`output_lock`, one run per output folder (held by rank 0), and
+:func:`file_lock`, short merges into a shared file; both on one OS primitive, :func:`lock`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from .catalog import UsageError
 
 
 @dataclass(frozen=True)
@@ -77,21 +83,63 @@ def current(cpu: bool = False) -> Shard:
     return Shard(state.process_index, state.num_processes, state.local_process_index, state)
 
 
+def lock(f, wait: bool = True) -> None:
+    """An exclusive OS lock on the open file ``f`` (released when it is closed or the process dies);
+    ``wait=False`` raises OSError at once if another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover
+        import msvcrt
+
+        msvcrt.locking(f.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+
+
 @contextmanager
 def file_lock(path: Path):
     """An exclusive lock on ``path`` (created if needed), waiting for it: for short read-modify-writes."""
     f = open(path, "a+")
     try:
-        if sys.platform == "win32":  # pragma: no cover
-            import msvcrt
-
-            msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        lock(f)
         yield
     finally:
+        f.close()
+
+
+@contextmanager
+def output_lock(folder: Path):
+    """Hold ``folder/.restore.lock`` for the run: a second run into the same folder is refused at once
+    (UsageError) instead of mixing its files and records with this one's.  The OS drops the lock when
+    the process dies, so a killed run never leaves the folder locked; a finished run removes the file."""
+    path = folder / ".restore.lock"
+    while True:
+        f = open(path, "a+")
+        try:
+            lock(f, wait=False)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "?"
+            f.close()
+            raise UsageError(f"another restore run ({who}) is writing to {folder}; wait for it to finish "
+                             "or choose another -o") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break  # we hold the lock on the file that is there now
+        except FileNotFoundError:
+            pass
+        f.close()  # the file was removed by the run we waited on: lock the new one
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, started {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        f.flush()
+        yield
+    finally:
+        try:
+            os.unlink(path)  # while still locked, so that no other run can hold this inode
+        except OSError:
+            pass
         f.close()
 
 

@@ -12,10 +12,8 @@ loses the others.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +24,7 @@ import torch
 from . import __version__
 from .checks import RunConfig, check  # noqa: F401 - RunConfig is part of this module's API
 from .config import ModelSpec
-from .distributed import Shard, current, locked_update
+from .distributed import Shard, current, locked_update, output_lock  # noqa: F401 - output_lock: this module's API
 from .hub import ModelUnavailable, load_prior
 from .io import ImageReadError, fit_to, read_image_info, side_by_side, unfit, write_json_atomic, write_png
 from .batch import error_line, score, solve_batch
@@ -110,53 +108,6 @@ def _get(d: dict, path: tuple):
 def config_differences(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every result-deciding setting that differs between two runs' configs."""
     return [f"{'.'.join(k)}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in RESULT_KEYS if _get(old, k) != _get(new, k)]
-
-
-@contextmanager
-def output_lock(folder: Path):
-    """Hold ``folder/.restore.lock`` for the run: a second run into the same folder is refused at once
-    (UsageError) instead of mixing its files and records with this one's.  The OS drops the lock when
-    the process dies, so a killed run never leaves the folder locked; a finished run removes the file."""
-    path = folder / ".restore.lock"
-    while True:
-        f = open(path, "a+")
-        try:
-            _try_lock(f)
-        except OSError:
-            f.seek(0)
-            who = f.read().strip() or "?"
-            f.close()
-            raise UsageError(f"another restore run ({who}) is writing to {folder}; wait for it to finish "
-                             "or choose another -o") from None
-        try:
-            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                break  # we hold the lock on the file that is there now
-        except FileNotFoundError:
-            pass
-        f.close()  # the file was removed by the run we waited on: lock the new one
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}, started {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
-        f.flush()
-        yield
-    finally:
-        try:
-            os.unlink(path)  # while still locked, so that no other run can hold this inode
-        except OSError:
-            pass
-        f.close()
-
-
-def _try_lock(f) -> None:
-    if sys.platform == "win32":  # pragma: no cover
-        import msvcrt
-
-        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 @dataclass
