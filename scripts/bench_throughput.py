@@ -148,6 +148,19 @@ def load(model: str, device: torch.device, dtype: torch.dtype, low_memory: bool,
     return prior, res, spec.channels
 
 
+NET_FORMATS = ("eager", "channels-last", "compile")
+
+
+def apply_net_format(prior, fmt: str):
+    """The denoiser network as measured: eager (as restore runs it), channels-last memory, or torch.compile'd
+    (the first call compiles: it is the warm-up step, not timed)."""
+    if fmt == "channels-last":
+        prior.unet.to(memory_format=torch.channels_last)
+    elif fmt == "compile":
+        prior.unet = torch.compile(prior.unet)
+    return prior
+
+
 def run_cell(prior, res: int, channels: int, method: str, batch: int, dsg_on: bool, steps: int, task: str,
              device: torch.device, dsg_share: bool) -> dict:
     """Time ``steps`` sampler steps of one cell; returns its record."""
@@ -194,8 +207,8 @@ def run_cell(prior, res: int, channels: int, method: str, batch: int, dsg_on: bo
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| method | model | batch | dtype | DSG | low-memory | s/image/step | NFE/s | peak MB | DSG share |",
-            "| --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    rows = ["| method | model | batch | dtype | DSG | low-memory | network | s/image/step | NFE/s | peak MB | DSG share |",
+            "| --- | --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in results:
         if r.get("status") == "n/a":
             continue
@@ -204,7 +217,7 @@ def table(results: list[dict]) -> str:
         share = f"{100 * r['dsg_share']:.1f} %" if isinstance(r.get("dsg_share"), float) else "-"
         status = "" if ok else f" ({r.get('status')}: {str(r.get('error', ''))[:50]})"
         rows.append(f"| {r['method']} | {r['model']} | {r['batch']} | {r['dtype']} | {'yes' if r['dsg'] else 'no'} | "
-                    f"{'yes' if r['low_memory'] else 'no'} | {f('s_per_image_step', '{:.4g}')}{status} | "
+                    f"{'yes' if r['low_memory'] else 'no'} | {r.get('net', 'eager')} | {f('s_per_image_step', '{:.4g}')}{status} | "
                     f"{f('nfe_per_s', '{:.3g}')} | {f('peak_mb', '{:.0f}')} | {share} |")
     return "\n".join(rows)
 
@@ -214,20 +227,21 @@ def batching_ratios(results: list[dict]) -> str:
     groups: dict[tuple, dict[int, float]] = {}
     for r in results:
         if r.get("status") == "ok":
-            key = (r["method"], r["model"], r["dtype"], r["dsg"], r["low_memory"], r["device"])
+            key = (r["method"], r["model"], r["dtype"], r["dsg"], r["low_memory"], r.get("net", "eager"), r["device"])
             groups.setdefault(key, {})[r["batch"]] = r["s_per_image_step"]
-    rows = ["| method | model | dtype | DSG | low-memory | batch B | s/image at B / at 1 |",
-            "| --- | --- | --- | --- | --- | ---: | ---: |"]
-    for (method, model, dt, dsg, lm, _), by in groups.items():
+    rows = ["| method | model | dtype | DSG | low-memory | network | batch B | s/image at B / at 1 |",
+            "| --- | --- | --- | --- | --- | --- | ---: | ---: |"]
+    for (method, model, dt, dsg, lm, net, _), by in groups.items():
         if 1 in by and len(by) > 1:
             b = max(by)
-            rows.append(f"| {method} | {model} | {dt} | {'yes' if dsg else 'no'} | {'yes' if lm else 'no'} | {b} | "
+            rows.append(f"| {method} | {model} | {dt} | {'yes' if dsg else 'no'} | {'yes' if lm else 'no'} | {net} | {b} | "
                         f"{by[b] / by[1]:.2f} |")
     return "\n".join(rows)
 
 
 def cell_key(r: dict) -> tuple:
-    return tuple(r[k] for k in ("model", "method", "batch", "dtype", "dsg", "low_memory", "device", "steps", "task"))
+    return (*(r[k] for k in ("model", "method", "batch", "dtype", "dsg", "low_memory", "device", "steps", "task")),
+            r.get("net", "eager"))
 
 
 def main(argv=None) -> int:
@@ -247,6 +261,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-dsg", dest="dsg", action="store_const", const=[False], help="only without DiffStateGrad")
     ap.add_argument("--low-memory", nargs="?", const="yes", default="no", choices=["no", "yes", "both"],
                     help="gradient checkpointing (--low-memory): no (default), yes, or both")
+    ap.add_argument("--net-format", nargs="+", default=["eager"], choices=NET_FORMATS,
+                    help="the network as run: eager (restore's), channels-last, compile (torch.compile)")
     ap.add_argument("--dsg-share", action="store_true", help="also time DiffStateGrad's share of the run")
     ap.add_argument("--task", default="inpaint", help="inpaint (box), deblur, superres, ... (their defaults)")
     ap.add_argument("--device", default="cpu")
@@ -277,18 +293,19 @@ def main(argv=None) -> int:
             if dt == "fp16" and device.type == "cpu":
                 print("fp16 needs a GPU (restore refuses it on the CPU): skipped", flush=True)
                 continue
-            for lm in lows:
+            for lm, fmt in itertools.product(lows, a.net_format):
                 prior = None
                 for method, batch, dsg in itertools.product(methods, a.batch_sizes, dsgs):
                     if dsg and not METHODS[method].cls.gradient_guided:
                         continue
                     rec = {"model": model, "method": method, "batch": batch, "dtype": dt, "dsg": dsg, "low_memory": lm,
-                           "device": str(device), "steps": a.steps, "task": a.task}
+                           "device": str(device), "steps": a.steps, "task": a.task, "net": fmt}
                     if cell_key(rec) in done:
                         continue
                     try:
                         if prior is None:
                             prior, res, ch = load(model, device, DTYPES[dt], lm, a.workdir)
+                            apply_net_format(prior, fmt)
                         rec.update(run_cell(prior, res, ch, method, batch, dsg, a.steps, a.task, device, a.dsg_share))
                     except torch.cuda.OutOfMemoryError as e:
                         rec.update({"status": "OOM", "error": str(e).splitlines()[0][:200]})

@@ -70,6 +70,7 @@ def test_two_processes_give_the_single_process_results(folder, single, tmp_path)
     assert sorted(Path(r["input"]).name for r in m["images"]) == [f"p{i}.png" for i in range(6)]
     assert p.stdout.count("wrote ") == 0 or p.stdout.count("metrics:") == 1  # one summary, from rank 0
     assert not [q for q in out.iterdir() if q.name.startswith(".")]  # no lock or temporary files left
+    assert "6/6 images done (all processes)" in p.stderr  # rank 0 reports the run's total, not its share
 
 
 def test_a_killed_launch_is_finished_by_a_rerun_with_another_process_count(folder, single, tmp_path):
@@ -127,3 +128,28 @@ def test_bf16_on_the_cpu_warns(tmp_path):
     plan = resolve(RunConfig(task="inpaint", inputs=[tmp_path / "a.png"], method="pseudo-inverse", model="gaussian",
                              device="cpu", output=tmp_path / "out"))
     assert not any("bf16" in w for w in plan.warnings)
+
+
+def test_progress_events_count_the_runs_images(tmp_path):
+    """The progress the display shows: done/total over the images still to do (skipped ones not counted),
+    rising to the total, failures included."""
+    from restore_cli import run as run_mod
+    from restore_cli.checks import RunConfig
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / f"p{i}.png")
+    (d / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+
+    def events_of(cfg):
+        seen = []
+        run_mod.execute(run_mod.resolve(cfg), lambda kind, info: seen.append(info) if kind == "progress" else None)
+        return [(e["done"], e["total"]) for e in seen]
+
+    cfg = dict(task="inpaint", method="pseudo-inverse", model="gaussian", output=out)
+    run_mod.execute(run_mod.resolve(RunConfig(inputs=[d / "p0.png"], **cfg)))  # one image already done
+    ev = events_of(RunConfig(inputs=[d], **cfg))
+    assert ev[0] == (0, 3) and ev[-1] == (3, 3)  # p1, p2 and bad.png; p0 is skipped
+    assert [a for a, _ in ev] == sorted(a for a, _ in ev)

@@ -77,9 +77,19 @@ class RunProgress(RichProgress):
     def __init__(self, quiet: bool):
         super().__init__(quiet)
         self.task = None
+        self.images = None  # the run's images (every process's, under a launcher)
+        self.logged = None
 
     def event(self, kind: str, info: dict):
-        if kind == "model":  # a transient line on a terminal (its download bars follow); an error replaces it
+        if kind == "progress":
+            if self.images is None:
+                self.images = self.progress.add_task("images", total=info["total"])
+            self.progress.update(self.images, completed=info["done"], total=info["total"])
+            # in a log (no terminal) under a launcher, rank 0's own "wrote" lines are only its share: say the total
+            if info.get("processes", 1) > 1 and not self.quiet and not err.is_terminal and info["done"] != self.logged:
+                self.logged = info["done"]
+                err.print(f"{info['done']}/{info['total']} images done (all processes)", highlight=False)
+        elif kind == "model":  # a transient line on a terminal (its download bars follow); an error replaces it
             self.task = self.progress.add_task(f"loading model {escape(info['name'])}", total=None)
         elif kind == "batch":
             if self.task is not None:

@@ -224,12 +224,18 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
     mine = shard.share(todo)
     ours = {r["input"] for r in records}
     touched = set(mine)
+    wanted = {records[i]["input"] for i in todo}  # the run's images still to do, over every process
+
+    def progress():  # the run's total, from the records merged so far (every process's, under a launcher)
+        done = sum(1 for r in data["images"] if r.get("input") in wanted and r.get("status") in ("ok", "failed"))
+        emit("progress", {"done": done, "total": len(wanted), "processes": shard.world})
 
     def flush():
         if shard.world == 1:
             data["images"] = carried + records
             data["summary"] = summarize(records)
             write_json_atomic(metrics_path, data)
+            progress()
             return
 
         def merge(old):  # this process's records over the file's (the others' progress kept)
@@ -253,6 +259,7 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
             return old
 
         data.update(locked_update(metrics_path, merge))
+        progress()
 
     data["started"] = shard.broadcast(data["started"])  # one run: one start time, the merge's key
     if shard.main:

@@ -63,6 +63,10 @@ class SuperResolution(LinearOperator):
         if filter == "bicubic":
             self.register_buffer("wh", bicubic_matrix(h, self.factor).float(), persistent=False)
             self.register_buffer("ww", bicubic_matrix(w, self.factor).float(), persistent=False)
+            # the pseudo-inverse's factors, once (PiGDM applies A_dagger at every step; an SVD per call
+            # would also make a GPU wait for the host)
+            self.register_buffer("ph", torch.linalg.pinv(bicubic_matrix(h, self.factor)).float(), persistent=False)
+            self.register_buffer("pw", torch.linalg.pinv(bicubic_matrix(w, self.factor)).float(), persistent=False)
 
     def A(self, x):  # noqa: N802
         if self.filter == "avgpool":
@@ -76,9 +80,7 @@ class SuperResolution(LinearOperator):
 
     def A_dagger(self, y):  # noqa: N802
         if self.filter == "bicubic":
-            ph = torch.linalg.pinv(self.wh.double()).to(y.dtype)
-            pw = torch.linalg.pinv(self.ww.double()).to(y.dtype)
-            return ph @ y @ pw.T
+            return self.ph.to(y.dtype) @ y @ self.pw.to(y.dtype).T
         _, h, w = self.in_shape
         up = y.repeat_interleave(self.factor, -2).repeat_interleave(self.factor, -1)
         return F.pad(up, (0, w - up.shape[-1], 0, h - up.shape[-2]))

@@ -75,7 +75,12 @@ class Schedule:
 
 
 def as_batch_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
-    """A noise level (scalar or per image) as a ``[B, 1, 1, 1]`` tensor of ``x``'s dtype."""
+    """A noise level (scalar or per image) as a ``[B, 1, 1, 1]`` tensor of ``x``'s dtype.
+
+    A Python number becomes a fill on ``x``'s device (a copy from the host would make a GPU wait)."""
+    shape = (x.shape[0], *([1] * (x.dim() - 1)))
+    if isinstance(sigma, (int, float)):
+        return torch.full(shape, float(sigma), dtype=x.dtype, device=x.device)
     s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if s.dim() == 0:
         s = s.expand(x.shape[0])
