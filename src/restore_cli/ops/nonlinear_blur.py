@@ -213,8 +213,8 @@ def kernel_wizard_from_state_dict(sd: dict, config: KernelWizardConfig = GOPRO_W
     sd = _strip_prefix(dict(sd))
     want_ext = extractor_shapes(config)
     ext = {k: v for k, v in sd.items() if k.startswith("kernel_extractor.")}
-    net = KernelWizard(config)
-    ours = net.state_dict()
+    with torch.device("meta"):  # names and shapes only: nothing allocated before the file is found right
+        ours = KernelWizard(config).state_dict()
     rest = {k: v for k, v in sd.items() if not k.startswith("kernel_extractor.")}
     missing = (set(ours) - set(rest)) | (set(want_ext) - set(ext))
     unexpected = (set(rest) - set(ours)) | (set(ext) - set(want_ext))
@@ -231,6 +231,7 @@ def kernel_wizard_from_state_dict(sd: dict, config: KernelWizardConfig = GOPRO_W
                                + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""))
     if not all(torch.is_floating_point(v) and bool(torch.isfinite(v).all()) for v in rest.values()):
         raise KernelModelError(f"{name}: non-finite or non-float weights")
+    net = KernelWizard(config)
     net.load_state_dict(rest, strict=True)
     return net.eval().requires_grad_(False)
 
@@ -329,7 +330,7 @@ class NonlinearBlur(Operator):
                              checkpoint=self.checkpoint, sha256=self.sha256)
 
 
-def nonlinear_blur(path: Path, in_shape, gens: Generators, sigma_y: float = DEFAULT_SIGMA_Y) -> NonlinearBlur:
+def load_nonlinear_blur(path: Path, in_shape, gens: Generators, sigma_y: float = DEFAULT_SIGMA_Y) -> NonlinearBlur:
     """The operator for a batch, with the network of ``path`` (see :func:`load_kernel_wizard`)."""
     net, digest = load_kernel_wizard(Path(path))
     return NonlinearBlur(net, in_shape, gens, sigma_y, checkpoint=str(Path(path).resolve()), sha256=digest)
