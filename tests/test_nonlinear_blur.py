@@ -189,7 +189,8 @@ def small_arch(monkeypatch):
     ("dps", "fmnist-ddpm-32", ["--diffstategrad"]),
     ("daps", "fmnist-ddpm-32", ["--set", "annealing_steps=2", "--set", "langevin_steps=2", "--set", "ode_steps=2"]),
     ("latent-dps", "fmnist-ldm-32", []),
-    ("resample", "fmnist-ldm-32", ["--diffstategrad"]),
+    ("gml-dps", "fmnist-ldm-32", ["--diffstategrad"]),
+    ("resample", "fmnist-ldm-32", ["--set", "pixel_iters=3", "--set", "latent_iters=3", "--set", "every=1"]),
 ])
 def test_cli_end_to_end(tmp_path, ckpt, small_arch, method, model, extra):
     steps = [] if method == "daps" else ["--steps", "2"]
