@@ -24,7 +24,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
 LPIPS_NETS = ("alex", "vgg")
 RESTART_RULES = ("residual", "oracle")
-KINDS_OF = {"mask": ("box", "random", "freeform"), "kernel": ("gaussian", "motion", "uniform")}
+KINDS_OF = {"mask": ("box", "random", "freeform"), "kernel": ("gaussian", "motion", "uniform", "nonlinear")}
+# --kernel nonlinear (BKSE's network) is neither linear nor has a pseudo-inverse: the methods that run any
+# differentiable forward model (those that take phase retrieval) take it; PiGDM, PSLD, P2L and the baselines refuse
+NONLINEAR_BLUR_METHODS = tuple(m for m, info in METHODS.items() if "phase-retrieval" in info.tasks)
 CHOICES = {"border": ("reflect", "circular", "zeros"), "filter": ("bicubic", "avgpool")}
 # the files a run writes per input, besides metrics.json (see run.py)
 OUTPUT_SUFFIXES = (".png", ".measurement.png", ".compare.png")
@@ -135,6 +138,15 @@ def check_options(cfg: RunConfig) -> None:
         v = o.get(key)
         if v is not None and v not in kinds and not Path(v).is_file():
             raise UsageError(f"--{key} {v!r}: not one of {', '.join(kinds)} nor an existing file")
+    km = o.get("kernel_model")
+    if o.get("kernel") == "nonlinear":
+        if km is None:
+            raise UsageError("--kernel nonlinear needs --kernel-model PATH: BKSE's GOPRO_wVAE.pth "
+                             "(README, 'Non-linear blur', says where to get it)")
+        if not Path(km).is_file():
+            raise UsageError(f"--kernel-model {km}: no such file")
+    elif km is not None:
+        raise UsageError("--kernel-model applies to --kernel nonlinear only")
     if cfg.measured and not TASKS[cfg.task].measured:
         raise UsageError(f"{cfg.task} has no measured mode (give a clean reference image instead)")
     if cfg.measured and cfg.task == "inpaint" and o.get("mask", "box") in KINDS_OF["mask"]:
@@ -229,6 +241,9 @@ def check(cfg: RunConfig) -> Checked:
     except ConfigError as e:
         raise UsageError(str(e)) from None
     info = check_method(cfg.method, cfg.task, model)
+    if cfg.task == "deblur" and cfg.task_opts.get("kernel") == "nonlinear" and info.name not in NONLINEAR_BLUR_METHODS:
+        raise UsageError(f"method {info.name!r} needs a linear blur or a pseudo-inverse; --kernel nonlinear has "
+                         f"neither (use {', '.join(NONLINEAR_BLUR_METHODS)})")
     missing = [p for p in cfg.inputs if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {missing[0]}")

@@ -135,11 +135,17 @@ def inpaint(mask: Annotated[str, typer.Option("--mask", help="box, random, freef
 
 
 @task_command("deblur", "restore deblur --kernel motion --method dps photos/")
-def deblur(kernel: Annotated[str, typer.Option("--kernel", help="gaussian, motion, uniform, or PATH (.npy or image).")] = "gaussian",
+def deblur(kernel: Annotated[str, typer.Option("--kernel", help="gaussian, motion, uniform, nonlinear (BKSE's network, "
+                                                "with --kernel-model), or PATH (.npy or image).")] = "gaussian",
            kernel_size: Annotated[int, typer.Option("--kernel-size", help="Kernel side (gaussian, motion).")] = 61,
-           border: Annotated[str, typer.Option("--border", help="reflect, circular or zeros.")] = "reflect"):
+           border: Annotated[str, typer.Option("--border", help="reflect, circular or zeros.")] = "reflect",
+           kernel_model: Annotated[Optional[Path], typer.Option("--kernel-model", help="--kernel nonlinear: BKSE's "
+                                                              "GOPRO_wVAE.pth (see README).")] = None):
     """Remove blur."""
-    return {"kernel": kernel, "kernel_size": kernel_size, "border": border}
+    opts = {"kernel": kernel, "kernel_size": kernel_size, "border": border}
+    if kernel_model is not None:
+        opts["kernel_model"] = str(kernel_model)
+    return opts
 
 
 @task_command("superres", "restore superres --scale 4 --filter bicubic face.png")
@@ -191,6 +197,14 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
         plan = resolve(cfg)
     except UsageError as e:
         return usage(str(e))
+    if task == "deblur" and task_opts.get("kernel") == "nonlinear":  # a bad --kernel-model: one line, before the model
+        from .ops.nonlinear_blur import KernelModelError, load_kernel_wizard
+
+        try:
+            load_kernel_wizard(Path(task_opts["kernel_model"]))
+        except KernelModelError as e:
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            return 1
     for w in plan.warnings if main else []:
         err.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
 

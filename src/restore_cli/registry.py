@@ -75,6 +75,10 @@ def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Gen
         return ops.Inpainting(m, c, sigma_y, kind=mask)
     if task == "deblur":
         kernel = opts.get("kernel", "gaussian")
+        if kernel == "nonlinear":  # BKSE's network (DPS Table 4), --kernel-model GOPRO_wVAE.pth
+            if not opts.get("kernel_model"):
+                raise UsageError("--kernel nonlinear needs --kernel-model PATH (BKSE's GOPRO_wVAE.pth)")
+            return ops.load_nonlinear_blur(Path(opts["kernel_model"]), shape, gens, sigma_y)
         size = int(opts.get("kernel_size", 61))
         if kernel == "gaussian":
             k = ops.gaussian_kernel(size, float(opts.get("kernel_sigma", 3.0)))

@@ -4,6 +4,7 @@ from .base import DEFAULT_SIGMA_Y, LinearOperator, Operator, cg
 from .blur import Blur, gaussian_kernel, kernel_from_file, motion_kernel, uniform_kernel
 from .inpainting import Inpainting, box_mask, freeform_mask, mask_from_file, random_mask
 from .nonlinear import HDR, PhaseRetrieval, Quantize
+from .nonlinear_blur import KernelModelError, NonlinearBlur, load_kernel_wizard, load_nonlinear_blur
 from .resize import SuperResolution
 
 __all__ = [
@@ -11,4 +12,5 @@ __all__ = [
     "Blur", "gaussian_kernel", "motion_kernel", "uniform_kernel", "kernel_from_file",
     "Inpainting", "box_mask", "random_mask", "freeform_mask", "mask_from_file",
     "SuperResolution", "PhaseRetrieval", "HDR", "Quantize",
+    "NonlinearBlur", "load_nonlinear_blur", "load_kernel_wizard", "KernelModelError",
 ]
