@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import METHODS, TASKS, MethodInfo, UsageError, check_method
+from .catalog import METHODS, TASKS, MethodInfo, UsageError, check_method, check_method_options
 from .config import ConfigError, ModelSpec, load_registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -229,6 +229,7 @@ def check(cfg: RunConfig) -> Checked:
     except ConfigError as e:
         raise UsageError(str(e)) from None
     info = check_method(cfg.method, cfg.task, model)
+    check_method_options(info, cfg.task, cfg.task_opts, cfg.diffstategrad)
     missing = [p for p in cfg.inputs if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {missing[0]}")
