@@ -23,7 +23,7 @@ from restore_cli import ops
 from restore_cli.catalog import METHODS
 from restore_cli.cli import app
 from restore_cli.oracle import compare, oracle_task
-from restore_cli.ops.svd import FourierSVD, SeparableSVD, svd_of
+from restore_cli.ops.svd import SeparableSVD, svd_of
 from restore_cli.priors import GaussianPrior
 from restore_cli.rng import make_generators, randn, randn_like
 from restore_cli.solvers import DDRM, PseudoInverse
