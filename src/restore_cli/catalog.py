@@ -24,6 +24,7 @@ class MethodInfo:
     nfe: str  # network evaluations per image at the defaults
     summary: str
     default_model: str = ""  # the models.toml default it runs on without --model: its first space, or "analytic"
+    gradient_guided: bool = True  # takes a measurement gradient (DiffStateGrad applies); = the solver class's
 
     @property
     def default_kind(self) -> str:
@@ -57,13 +58,16 @@ METHODS: dict[str, MethodInfo] = {
                            "Hard data consistency + stochastic resampling (Song et al. 2024)"),
     "p2l": MethodInfo("p2l", "P2L", ("latent",), LINEAR_TASKS, "steps", "1000 (+K prompt-tuning passes per step; K = 1-5, Table 6)",
                       "Prompt tuning + LDPS + projection onto the encoder's range (Chung et al. 2024)"),
+    "ddrm": MethodInfo("ddrm", "DDRM", ("pixel",), LINEAR_TASKS, "steps", "20",
+                       "Denoising diffusion restoration models, sampling in H's SVD (Kawar et al. 2022)",
+                       gradient_guided=False),
     # classical baselines (no learned prior, no steps)
     "pseudo-inverse": MethodInfo("pseudo-inverse", "PseudoInverse", ("pixel",), ("inpaint", "deblur", "superres", "hdr"),
                                  "steps", "0", "Baseline: A^+ y (zero-filled for inpainting; PiGDM's h^+ for HDR)",
-                                 default_model="analytic"),
+                                 default_model="analytic", gradient_guided=False),
     "posterior-mean": MethodInfo("posterior-mean", "PosteriorMean", ("pixel",), LINEAR_TASKS, "steps", "0",
                                  "Baseline: exact posterior mean under an analytic Gaussian model (Wiener filter)",
-                                 default_model="analytic"),
+                                 default_model="analytic", gradient_guided=False),
 }
 
 
@@ -108,6 +112,23 @@ def check_method(method: str, task: str, model: ModelSpec) -> MethodInfo:
         raise UsageError(f"method {method!r} needs an analytic Gaussian model (gaussian, gaussian-grey, "
                          f"gaussian-fmnist); {model.name!r} is not one")
     return info
+
+
+# the blur kernels DDRM has an SVD for with every border (separable); the others need --border circular (ops/svd.py)
+DDRM_SEPARABLE_KERNELS = ("gaussian", "uniform")
+
+
+def check_method_options(info: MethodInfo, task: str, task_opts: dict, diffstategrad: bool) -> None:
+    """What a method needs of the run's other options: DiffStateGrad needs a measurement gradient; DDRM
+    needs the operator's SVD (a kernel file's separability is only known once it is read: ops.svd.svd_of)."""
+    if diffstategrad and not info.gradient_guided:
+        raise UsageError(f"--diffstategrad: method {info.name!r} takes no measurement gradient to project "
+                         f"(methods that do: {', '.join(m.name for m in METHODS.values() if m.gradient_guided)})")
+    if info.name == "ddrm" and task == "deblur":
+        opts = {**TASK_DEFAULTS["deblur"], **task_opts}
+        if opts["kernel"] == "motion" and opts["border"] != "circular":
+            raise UsageError(f"ddrm needs the SVD of the blur: a motion kernel is not separable, so use "
+                             f"--border circular (not {opts['border']}), or a gaussian or uniform kernel with any border")
 
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import METHODS, TASKS, MethodInfo, UsageError, check_method
+from .catalog import METHODS, TASKS, MethodInfo, UsageError, check_method, check_method_options
 from .config import ConfigError, ModelSpec, load_registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -244,6 +244,7 @@ def check(cfg: RunConfig) -> Checked:
     if cfg.task == "deblur" and cfg.task_opts.get("kernel") == "nonlinear" and info.name not in NONLINEAR_BLUR_METHODS:
         raise UsageError(f"method {info.name!r} needs a linear blur or a pseudo-inverse; --kernel nonlinear has "
                          f"neither (use {', '.join(NONLINEAR_BLUR_METHODS)})")
+    check_method_options(info, cfg.task, cfg.task_opts, cfg.diffstategrad)
     missing = [p for p in cfg.inputs if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {missing[0]}")

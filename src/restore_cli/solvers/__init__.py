@@ -3,6 +3,7 @@
 from .base import Result, Solver, StepInfo
 from .baselines import PosteriorMean, PseudoInverse
 from .daps import DAPS
+from .ddrm import DDRM
 from .dps import DPS
 from .gml_dps import GMLDPS
 from .pigdm import PiGDM
@@ -12,7 +13,7 @@ from .psld import PSLD
 from .resample import ReSample
 from .restarts import run_with_restarts
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample, P2L,
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample, P2L, DDRM,
                                                             PseudoInverse, PosteriorMean)}
 
-__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "PseudoInverse", "PosteriorMean", "DiffStateGrad", "SOLVERS", "run_with_restarts"]
+__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "DDRM", "PseudoInverse", "PosteriorMean", "DiffStateGrad", "SOLVERS", "run_with_restarts"]
