@@ -57,6 +57,10 @@ METHODS: dict[str, MethodInfo] = {
                            "Hard data consistency + stochastic resampling (Song et al. 2024)"),
     "p2l": MethodInfo("p2l", "P2L", ("latent",), LINEAR_TASKS, "steps", "1000 (+K prompt-tuning passes per step; K = 1-5, Table 6)",
                       "Prompt tuning + LDPS + projection onto the encoder's range (Chung et al. 2024)"),
+    "diffpir": MethodInfo("diffpir", "DiffPIR", ("pixel",), LINEAR_TASKS, "steps", "99 (100 timesteps; the last is not evaluated)",
+                          "Plug-and-play: exact proximal data step + zeta-mixed DDIM (Zhu et al. 2023)"),
+    "dds": MethodInfo("dds", "DDS", ("pixel",), LINEAR_TASKS, "steps", "100",
+                      "Decomposed diffusion sampler: 5 CG steps on data consistency per DDIM step (Chung et al. 2024)"),
     # classical baselines (no learned prior, no steps)
     "pseudo-inverse": MethodInfo("pseudo-inverse", "PseudoInverse", ("pixel",), ("inpaint", "deblur", "superres", "hdr"),
                                  "steps", "0", "Baseline: A^+ y (zero-filled for inpainting; PiGDM's h^+ for HDR)",
