@@ -177,6 +177,7 @@ BROKEN = {  # a variant that must fail the bound of the same (task, solver)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(ORACLE), ids=[f"{t}-{s.name}" for t, s, _ in ORACLE])
 def test_oracle_against_the_exact_posterior(key):
     task, solver, hp = key
@@ -186,12 +187,12 @@ def test_oracle_against_the_exact_posterior(key):
     assert lo < r.spread_ratio < hi, r
     assert r.nfe == nfe
     broken, bhp = BROKEN[key]
-    b = compare(broken, task, **{**dict(hp), **bhp})
+    b = compare(broken, task, n=16, **{**dict(hp), **bhp})
     assert b.rel_mean_error > max_rel + 0.05, b
 
 
 def test_gaussian_deblur_diffpir_broken_without_data_step():
-    b = compare(DiffPIR, "gaussian", steps=20, **{"lambda": 1e9})
+    b = compare(DiffPIR, "gaussian", n=16, steps=20, **{"lambda": 1e9})
     assert b.rel_mean_error > ORACLE[("gaussian", DiffPIR, (("steps", 20),))][0] + 0.3, b
 
 
