@@ -61,6 +61,12 @@ METHODS: dict[str, MethodInfo] = {
     "ddrm": MethodInfo("ddrm", "DDRM", ("pixel",), LINEAR_TASKS, "steps", "20",
                        "Denoising diffusion restoration models, sampling in H's SVD (Kawar et al. 2022)",
                        gradient_guided=False),
+    "diffpir": MethodInfo("diffpir", "DiffPIR", ("pixel",), LINEAR_TASKS, "steps", "99 (100 timesteps; the last is not evaluated)",
+                          "Plug-and-play: exact proximal data step + zeta-mixed DDIM (Zhu et al. 2023)",
+                          gradient_guided=False),
+    "dds": MethodInfo("dds", "DDS", ("pixel",), LINEAR_TASKS, "steps", "100",
+                      "Decomposed diffusion sampler: 5 CG steps on data consistency per DDIM step (Chung et al. 2024)",
+                      gradient_guided=False),
     # classical baselines (no learned prior, no steps)
     "pseudo-inverse": MethodInfo("pseudo-inverse", "PseudoInverse", ("pixel",), ("inpaint", "deblur", "superres", "hdr"),
                                  "steps", "0", "Baseline: A^+ y (zero-filled for inpainting; PiGDM's h^+ for HDR)",

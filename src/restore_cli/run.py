@@ -62,6 +62,8 @@ def resolve(cfg: RunConfig) -> Plan:
         hp[info.steps_key] = cfg.steps
     dsg = None
     if cfg.diffstategrad:
+        if not info.cls.gradient_guided:
+            raise UsageError(f"--diffstategrad: {info.name} has no measurement gradient for DiffStateGrad to project")
         try:
             dsg = DiffStateGrad(cfg.var_cutoff, cfg.period or info.cls.default_period, cfg.rank_mode)
         except ValueError as e:

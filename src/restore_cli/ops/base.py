@@ -119,6 +119,20 @@ class LinearOperator(Operator):
 
         return cg(op, v, iters=100, tol=default_tol(v.dtype))
 
+    def prox(self, z: torch.Tensor, rho: float, y: torch.Tensor) -> torch.Tensor:
+        """The data-consistency proximal map ``argmin_x 1/2 ||y - A x||^2 + rho/2 ||x - z||^2`` per image.
+
+        The minimiser solves ``(A^T A + rho I) x = A^T y + rho z``; by the push-through (Woodbury)
+        identity it is ``z + A^T (A A^T + rho I)^{-1} (y - A z)``, solved in measurement space by
+        :meth:`solve_AAt`: closed form where an operator has one (inpainting: ``(y + rho z) / (1 + rho)``
+        on the observed pixels and ``z`` elsewhere; the circular blur in Fourier), preconditioned or
+        plain CG otherwise.  ``rho > 0`` (DiffPIR's ``rho_t``, DDS's ``gamma``: a weight on the data
+        term is ``1 / rho`` here).
+        """
+        if not rho > 0:
+            raise ValueError(f"prox needs rho > 0, got {rho}")
+        return z + self.A_adjoint(self.solve_AAt(y - self.A(z), 1.0, float(rho)))
+
 
 def _per_image(a, like: torch.Tensor) -> torch.Tensor:
     a = torch.as_tensor(a, dtype=like.dtype, device=like.device)

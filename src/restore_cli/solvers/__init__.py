@@ -4,6 +4,8 @@ from .base import Result, Solver, StepInfo
 from .baselines import PosteriorMean, PseudoInverse
 from .daps import DAPS
 from .ddrm import DDRM
+from .dds import DDS
+from .diffpir import DiffPIR
 from .dps import DPS
 from .gml_dps import GMLDPS
 from .pigdm import PiGDM
@@ -13,7 +15,7 @@ from .psld import PSLD
 from .resample import ReSample
 from .restarts import run_with_restarts
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample, P2L, DDRM,
-                                                            PseudoInverse, PosteriorMean)}
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample, P2L,
+                                                            DDRM, DiffPIR, DDS, PseudoInverse, PosteriorMean)}
 
-__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "DDRM", "PseudoInverse", "PosteriorMean", "DiffStateGrad", "SOLVERS", "run_with_restarts"]
+__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "DDRM", "DiffPIR", "DDS", "PseudoInverse", "PosteriorMean", "DiffStateGrad", "SOLVERS", "run_with_restarts"]

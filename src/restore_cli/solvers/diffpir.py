@@ -1,0 +1,130 @@
+"""DiffPIR: denoising diffusion models for plug-and-play image restoration (Zhu, Zhang, Liang, Cao, Wen,
+Timofte & Van Gool, CVPR Workshops (NTIRE) 2023).
+
+Algorithm 1 (half-quadratic splitting with the diffusion model as the prior's denoiser), per timestep:
+
+    x0      = D(x_t, sigma_t)                                            (Eq. 11, the prior sub-problem)
+    x0_hat  = argmin_x ||y - H x||^2 + rho_t ||x - x0||^2                 (Eq. 12, the data sub-problem)
+    rho_t   = lambda sigma_n^2 / sigma_t^2,  sigma_t = sqrt(1 - abar_t) / sqrt(abar_t)
+    eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)              (re-derived from x0_hat)
+    x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1}) (sqrt(1 - zeta) eps_hat + sqrt(zeta) eps)
+
+(P2L App. D.3, Eq. 55/56, writes the same step.)  In our variance-exploding convention ``eps_hat =
+(x - x0_hat) / sigma`` and the step is ``x_next = x0_hat + sigma_next (sqrt(1 - zeta) eps_hat +
+sqrt(zeta) eps)``.  The data step is solved exactly: ``LinearOperator.prox`` (closed form for inpainting,
+Woodbury through ``solve_AAt`` -- Fourier or preconditioned CG -- for blur and super-resolution), where
+the code uses FFT closed forms of circular blur/SR and the mask formula.  The problem is affine-invariant
+(both terms scale alike between ``[0, 1]`` and ``[-1, 1]`` images), so the units it is solved in do not
+matter; ``rho_t`` does: as in the code (``main_ddpir*.py``), ``sigma_n`` is the measurement noise std in
+``[0, 1]`` image units floored at 0.001 (``sigma = max(0.001, noise_level_img)``: a noiseless
+measurement is fitted almost exactly, not divided by zero) and ``sigma_t`` is the model's ``[-1, 1]``
+noise level, ``sqrt(1 - abar_t) / sqrt(abar_t)``.
+
+Defaults, from the released code (``yuanzhi-zhu/DiffPIR``):
+
+* the timesteps: ``skip_type = 'quad'`` (``t = T - 1 - floor(sqrt(linspace(0, T^2, steps)))``, the last
+  one ``t = 0``: dense near the data), ``steps`` = 100 (``iter_num``; the inpainting script uses 20, the
+  papers' tables 100); ``skip="uniform"`` gives the code's uniform grid (``steps + 1`` levels).
+* per task (``lambda``, ``zeta``): deblur (7, 0.3) -- ``main_ddpir_deblur.py``, ``main_ddpir.py`` and
+  P2L D.3 agree; inpaint (1, 1.0) -- ``main_ddpir_inpainting.py`` and ``configs/inpaint.yaml`` (P2L
+  D.3 used lambda = 7); super-resolution (35, 0.35) -- P2L D.3 (SR x8), the only single pair published:
+  the code sweeps ``lambda = 2 .. 12`` at ``zeta = 0.25`` for SR x4.
+* the last timestep: the code evaluates the model at ``t = 0`` but uses neither that estimate nor a data
+  step, returning ``x_0`` itself (noise std ``sqrt(1 - abar_0)`` = 0.01 in ``[-1, 1]`` units); we do the
+  same without the unused evaluation, so ``steps`` levels cost ``steps - 1`` evaluations.
+  ``final_prox=true`` is Algorithm 1 as printed (``abar = 1`` after the last step): the result is
+  ``x0_hat`` of that last evaluation (``steps`` evaluations).
+
+Not reproduced: the code's ``eta`` (a DDIM noise inside the ``sqrt(1 - zeta)`` part; 0 in every
+script), its start from the measurement noised to ``t = T - 1`` (weight ``sqrt(abar) = 0.006``; we start
+from noise) and its first-order (non-analytic) data step.
+
+DiffStateGrad is refused (``gradient_guided = False``): the data step is an exact proximal map, with
+no measurement gradient to project, and projecting the step ``x0_hat - x0`` onto the state's subspace
+would no longer solve Eq. 12 -- a different method, not DiffPIR with DiffStateGrad.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..rng import Generators
+from .base import Solver, noise_like
+
+SIGMA_N_FLOOR = 0.001  # the code's sigma = max(0.001, noise_level_img)
+SKIPS = ("quad", "uniform")
+
+
+def diffpir_timesteps(num_train_timesteps: int, steps: int, skip: str = "quad") -> list[int]:
+    """The code's timestep sequence (descending, distinct), ``t = T - 1 - seq``."""
+    T, n = int(num_train_timesteps), int(steps)
+    if n < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if skip == "quad":
+        seq = [int(s) for s in torch.linspace(0, T**2, n, dtype=torch.float64).sqrt().tolist()]
+        seq[-1] -= 1  # the code's seq[-1] = seq[-1] - 1: the last timestep is t = 0
+    elif skip == "uniform":
+        c = T // n
+        seq = [i * c for i in range(n)] + ([T - 1] if c > 1 else [])
+    else:
+        raise ValueError(f"skip must be one of {', '.join(SKIPS)}")
+    ts = sorted({min(max(T - 1 - s, 0), T - 1) for s in seq}, reverse=True)
+    return ts
+
+
+class DiffPIR(Solver):
+    name = "diffpir"
+    paper = "Zhu et al. 2023, Denoising Diffusion Models for Plug-and-Play Image Restoration"
+    gradient_guided = False
+    linear_only = True
+    defaults = {"steps": 100, "lambda": 7.0, "zeta": 0.3, "skip": "quad", "final_prox": False}
+    choices = {"skip": SKIPS}
+    guidance_keys = ("lambda",)
+    task_defaults = {
+        "inpaint": {"lambda": 1.0, "zeta": 1.0},
+        "deblur": {"lambda": 7.0, "zeta": 0.3},
+        "superres": {"lambda": 35.0, "zeta": 0.35},
+    }
+
+    def __init__(self, prior, op, diffstategrad=None, **hparams):
+        super().__init__(prior, op, diffstategrad, **hparams)
+        if prior.space != "pixel":
+            raise ValueError("diffpir works on pixel priors")
+        if not 0 <= float(self.hp["zeta"]) <= 1:
+            raise ValueError(f"diffpir: zeta must be in [0, 1], got {self.hp['zeta']}")
+        if not float(self.hp["lambda"]) > 0:
+            raise ValueError(f"diffpir: lambda must be > 0, got {self.hp['lambda']}")
+        self.sigma_n = max(SIGMA_N_FLOOR, op.sigma_y)
+
+    def defaults_for(self, prior, task_key):
+        return self.task_defaults.get(self.op.name, {})
+
+    def sigmas(self):
+        ts = diffpir_timesteps(self.prior.schedule.num_train_timesteps, int(self.hp["steps"]), self.hp["skip"])
+        return torch.cat([self.prior.schedule.sigmas[ts], torch.zeros(1, dtype=torch.float64)])
+
+    def rho(self, sigma: float) -> float:
+        """``rho_t = lambda sigma_n^2 / sigma_t^2`` (the code's ``rhos``)."""
+        return float(self.hp["lambda"]) * self.sigma_n**2 / sigma**2
+
+    def data_step(self, x0: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Eq. 12: ``argmin_x ||y - H x||^2 + rho_t ||x - x0||^2`` (model space in and out)."""
+        img = self.op.prox(self.prior.decode(x0), self.rho(sigma), y)
+        return self.prior.encode(img)
+
+    @torch.no_grad()
+    def step(self, i: int, x: torch.Tensor, y: torch.Tensor, sigma: float, sigma_next: float,
+             gens: Generators) -> tuple[torch.Tensor, torch.Tensor]:
+        if sigma_next <= 0 and not self.hp["final_prox"]:
+            return x, x  # the code returns x_0 (its last model evaluation is unused)
+        x0 = self.prior.denoise(x, sigma)
+        x0_hat = self.data_step(x0, y, sigma)
+        if sigma_next <= 0:
+            return x0_hat, x0_hat
+        zeta = float(self.hp["zeta"])
+        eps_hat = (x - x0_hat) / sigma
+        noise = noise_like(x, gens)
+        x_next = x0_hat + sigma_next * (math.sqrt(1 - zeta) * eps_hat + math.sqrt(zeta) * noise)
+        return x_next, x0_hat
