@@ -2,7 +2,7 @@
 
 from .base import Result, Solver, StepInfo
 from .baselines import PosteriorMean, PseudoInverse
-from .daps import DAPS
+from .daps import DAPS, LatentDAPS
 from .ddrm import DDRM
 from .dds import DDS
 from .diffpir import DiffPIR
@@ -15,7 +15,8 @@ from .psld import PSLD
 from .resample import ReSample
 from .restarts import run_with_restarts
 
+# one class per paper (latent-daps is DAPS's latent defaults under their own name, as latent-dps is DPS)
 SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample, P2L,
                                                             DDRM, DiffPIR, DDS, PseudoInverse, PosteriorMean)}
 
-__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "DDRM", "DiffPIR", "DDS", "PseudoInverse", "PosteriorMean", "DiffStateGrad", "SOLVERS", "run_with_restarts"]
+__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "LatentDAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "DDRM", "DiffPIR", "DDS", "PseudoInverse", "PosteriorMean", "DiffStateGrad", "SOLVERS", "run_with_restarts"]

@@ -1,6 +1,7 @@
-"""DAPS: Decoupled Annealing Posterior Sampling (Zhang et al., 2024).
+"""DAPS: Decoupled Annealing Posterior Sampling (Zhang et al., 2024), pixel and latent.
 
-Follows the paper's release of the official code (commit 25471a8, "V24"):
+**Pixel DAPS** follows the paper's release of the official code (commit 25471a8, "V24",
+``schedule = "v24"``):
 
 for each annealing level ``sigma_i`` (200 levels, EDM ``rho = 7`` grid from
 ``sigma_max = 100`` to ``sigma_min = 0.1``, then 0):
@@ -22,14 +23,50 @@ for each annealing level ``sigma_i`` (200 levels, EDM ``rho = 7`` grid from
 Residuals are in the code's ``[-1, 1]`` units (``Operator.residual_scale``),
 so ``tau = 0.01`` and the per-task learning rates of the code
 (``configs/task/*.yaml``) keep their meaning.  The later refactor of the code
-weighs the data term twice (``||A(x0) - y||^2 / tau^2``); we keep the paper's
-Gaussian likelihood.  Where a Langevin step produces a non-finite value the
-code returns zeros; we restart that image's chain from ``x0_hat`` instead.
+weighs the data term twice (``||A(x0) - y||^2 / tau^2``, ``data_weight = 1``); we keep the
+paper's Gaussian likelihood (``data_weight = 0.5``).  Where a Langevin step produces a
+non-finite value the code returns zeros; we restart that image's chain from ``x0_hat`` instead.
+
+**Latent DAPS** (``--method daps`` on a latent model, or ``latent-daps``) is the same annealing on
+the latent ``z`` with the decoder in the likelihood.  The only release of the code with a latent
+version is the 2025 restructure (commit a9bed9f onward; defaults here from the newest, 098df6b:
+``sampler.py`` ``LatentDAPS``, ``cores/mcmc.py`` ``MCMCSampler``, ``cores/scheduler.py``,
+``forward_operator.LatentWrapper``, ``configs/sampler/latent_edm_daps.yaml`` (LDM) and
+``sd_edm_daps.yaml`` (Stable Diffusion, the same numbers), and the ``ldm:`` / ``sd:`` groups of
+``configs/task/*.yaml``; ``commands/ldm_ffhq.sh``, "DAPS 100").  Per annealing level:
+
+1. ``z0_hat``: ``ode_steps`` = 2 Euler steps of the PF-ODE on the (``ode_steps`` + 1)-point
+   ``rho = 7`` grid from ``sigma_i`` down to ``ode_sigma_min`` = 0.001, where it stops (no final
+   denoise; ``schedule = "v25"``): 2 network evaluations per level, 100 in all;
+2. damped Hamiltonian Monte Carlo (``mc_algo = "hmc"``; the code's ``mc_update``) on ``z0`` for
+   ``p(z0 | z_t, y) ∝ exp(-data_weight ||A(D(z0)) - y||^2 / tau^2) N(z0; z0_hat, sigma_i^2)``
+   with score ``s(z) = -data_weight clip(grad_z ||A(D(z)) - y||^2, -c, c) / tau^2 - (z - z0_hat) / sigma_i^2``
+   (``c = grad_clip`` = 1: ``LatentWrapper.gradient`` clamps the latent data gradient elementwise;
+   ``data_weight`` = 1: ``Operator.loss`` is the unhalved squared error)::
+
+       v ~ N(0, I) at the start of every level,
+       v <- momentum * v + sqrt(lr_i) * s(z) + sqrt(2 (1 - momentum)) * eps,
+       z <- z + sqrt(lr_i) * v;
+
+3. re-noise ``z_{i+1} = z0 + sigma_{i+1} * eps``; the result is ``D(z_N)``.
+
+The annealing grid of the 2025 code (``schedule = "v25"``): its EDM scheduler makes ``N + 1``
+points from ``sigma_max`` = 10 to ``sigma_min`` = 0.1 and keeps the first ``N`` (``N`` = 50), then
+0, so ``sigma_min`` itself is never visited; the step-size decay uses ``i / (N + 1)``.  Step sizes
+per task (``lr``, ``lr_min_ratio``, ``momentum``, ``langevin_steps`` = the HMC steps) are the
+``ldm:`` group (LDM-VQ-4; also any other latent model, e.g. the bundled ones, and the oracle) or
+the ``sd:`` group (models with a CLIP text encoder: Stable Diffusion).
+
+The paper's text writes the latent update as the pixel one: Langevin dynamics with
+``||A(D(z0)) - y||^2 / (2 beta_y^2) + ||z0 - z0_hat||^2 / (2 r_t^2)`` and no clipping: that is
+``--set mc_algo=langevin --set data_weight=0.5 --set grad_clip=0`` (with ``lr`` retuned: the
+code's latent step sizes are HMC's).  ``--set schedule=v24`` gives the pixel release's grids.
 
 DiffStateGrad (DiffStateGrad paper, Appendix C.5): the SVD of ``x0_hat`` (the
-ODE estimate, "our diffusion state") is computed once per annealing level and
-the full Langevin gradient (likelihood + prior term) is projected every
-``period``-th step (F = 1); the injected noise is not projected.
+ODE estimate, "our diffusion state"; ``z0_hat`` on a latent model, per latent channel, which
+``rank_mode = "channels"`` handles for any number of channels) is computed once per annealing
+level and the full gradient (likelihood + prior term; HMC's score) is projected every
+``period``-th MCMC step (F = 1); the injected noise (and HMC's momentum) is not projected.
 """
 
 from __future__ import annotations
@@ -41,6 +78,48 @@ import torch
 from .base import Solver, noise_like, per_image_sq_norm
 from .projection import projector
 
+# the 2025 code's latent samplers (configs/sampler/latent_edm_daps.yaml = sd_edm_daps.yaml)
+LATENT = {"annealing_steps": 50, "sigma_max": 10.0, "sigma_min": 0.1, "ode_steps": 2, "ode_sigma_min": 0.001,
+          "tau": 0.01, "mc_algo": "hmc", "data_weight": 1.0, "grad_clip": 1.0, "schedule": "v25"}
+
+
+def _hmc(steps, lr, lr_min_ratio, momentum):
+    return {"langevin_steps": steps, "lr": lr, "lr_min_ratio": lr_min_ratio, "momentum": momentum}
+
+
+# configs/task/<task>.yaml of the 2025 code (commit 098df6b): the `ldm:` group (LDM-VQ-4 FFHQ)
+LDM_TASKS = {
+    "inpaint_box": _hmc(15, 9.02e-6, 0.13, 0.74),           # inpainting.yaml
+    "inpaint_random": _hmc(38, 8.40e-6, 0.013, 0.92),       # inpainting_rand.yaml
+    "deblur_gaussian": _hmc(35, 2.70e-6, 0.95, 0.95),       # gaussian_blur.yaml
+    "deblur_motion": _hmc(49, 2.4e-5, 0.041, 0.45),         # motion_blur.yaml
+    "superres": _hmc(24, 1.35e-4, 0.023, 0.86),             # down_sampling.yaml
+    "phase_retrieval": _hmc(65, 2.1e-5, 0.12, 0.41),        # phase_retrieval.yaml
+    "hdr": _hmc(38, 4.52e-6, 0.015, 0.58),                  # hdr.yaml
+}
+# ... and the `sd:` group (Stable Diffusion v1.5)
+SD_TASKS = {
+    "inpaint_box": _hmc(58, 1.11e-6, 0.43, 0.92),
+    "inpaint_random": _hmc(15, 3e-5, 1.0, 0.60),
+    "deblur_gaussian": _hmc(40, 1e-5, 1.0, 0.9),
+    "deblur_motion": _hmc(30, 2e-5, 1.0, 0.85),
+    "superres": _hmc(30, 1e-4, 1.0, 0.45),
+    "phase_retrieval": _hmc(95, 1.10e-4, 0.027, 0.47),
+    "hdr": _hmc(45, 1.0e-5, 1.0, 0.7),
+}
+# tasks the code has no config for: free-form and file masks take box inpainting's, other kernels Gaussian's
+_ALIASES = {"inpaint_freeform": "inpaint_box", "inpaint_file": "inpaint_box"}
+
+
+def latent_task_defaults(prior, task_key: str) -> dict:
+    """The 2025 code's latent settings for ``task_key`` on ``prior``: the ``sd:`` group for a model with a CLIP
+    text encoder (Stable Diffusion), else the ``ldm:`` group."""
+    table = SD_TASKS if hasattr(prior, "text_encoder") else LDM_TASKS
+    key = _ALIASES.get(task_key, task_key)
+    if key not in table:
+        key = "deblur_gaussian" if key.startswith("deblur") else "inpaint_box"
+    return {**LATENT, **table[key]}
+
 
 class DAPS(Solver):
     name = "daps"
@@ -48,7 +127,10 @@ class DAPS(Solver):
     defaults = {
         "annealing_steps": 200, "sigma_max": 100.0, "sigma_min": 0.1, "ode_steps": 5, "ode_sigma_min": 0.01,
         "langevin_steps": 100, "lr": 1e-4, "lr_min_ratio": 0.01, "tau": 0.01,
+        # the MCMC update, the likelihood's weight and gradient clipping, the grids' release (module docstring)
+        "mc_algo": "langevin", "momentum": 0.9, "data_weight": 0.5, "grad_clip": 0.0, "schedule": "v24",
     }
+    choices = {"mc_algo": ("langevin", "hmc"), "schedule": ("v24", "v25")}
     guidance_keys = ("lr",)  # the Langevin step size
     # the code's per-task learning rates (pixel configs)
     task_defaults = {
@@ -57,35 +139,93 @@ class DAPS(Solver):
         "phase_retrieval": {"lr": 5e-5}, "hdr": {"lr": 2e-5},
     }
 
+    def defaults_for(self, prior, task_key):
+        """Pixel: the V24 code's per-task learning rate; latent: the 2025 code's latent sampler and task group."""
+        if prior.space == "pixel":
+            return self.task_defaults.get(task_key, {})
+        return latent_task_defaults(prior, task_key)
+
     def sigmas(self):
         h = self.hp
-        return self.prior.schedule.edm_sigmas(int(h["annealing_steps"]), h["sigma_max"], h["sigma_min"])
+        n = int(h["annealing_steps"])
+        if h["schedule"] == "v24":
+            return self.prior.schedule.edm_sigmas(n, h["sigma_max"], h["sigma_min"])
+        s = self.prior.schedule.edm_sigmas(n + 1, h["sigma_max"], h["sigma_min"])  # the 2025 code: N + 1 points,
+        return torch.cat([s[:n], s[-1:]])  # the first N kept, then 0
+
+    def ode_grid(self, sigma):
+        """The PF-ODE's noise levels from ``sigma``: V24 ends with the Tweedie step to 0, the 2025 code at ``ode_sigma_min``."""
+        h = self.hp
+        n, lo = int(h["ode_steps"]), h["ode_sigma_min"]
+        if sigma <= lo:
+            return torch.tensor([sigma, 0.0], dtype=torch.float64)
+        if h["schedule"] == "v24":
+            return self.prior.schedule.edm_sigmas(n, sigma, lo)
+        return self.prior.schedule.edm_sigmas(n + 1, sigma, lo)[:-1]
 
     def ode_x0(self, x, sigma):
-        """Euler PF-ODE from ``sigma`` to 0 (``ode_steps`` evaluations)."""
-        h = self.hp
-        grid = self.prior.schedule.edm_sigmas(int(h["ode_steps"]), sigma, h["ode_sigma_min"]) if sigma > h["ode_sigma_min"] \
-            else torch.tensor([sigma, 0.0], dtype=torch.float64)
+        """Euler PF-ODE from ``sigma`` down the ``ode_grid`` (``ode_steps`` evaluations)."""
+        grid = self.ode_grid(sigma)
         with torch.no_grad():
             for s, s_next in zip(grid[:-1].tolist(), grid[1:].tolist()):
                 d = self.prior.denoise(x, s)
                 x = d + (s_next / s) * (x - d)  # x + (1 - s_next/s) (D - x)
         return x
 
-    def step(self, i, x, y, sigma, sigma_next, gens):
+    def lr_at(self, i):
         h = self.hp
-        x0_hat = self.ode_x0(x, sigma)
-        proj = projector(self.dsg, x0_hat)
-        lr = h["lr"] * (1 + (i / int(h["annealing_steps"])) * (h["lr_min_ratio"] - 1))
+        n = int(h["annealing_steps"]) + (1 if h["schedule"] == "v25" else 0)  # the 2025 code's ratio is i / (N + 1)
+        return h["lr"] * (1 + (i / n) * (h["lr_min_ratio"] - 1))
+
+    def potential_grad(self, x0, x0_hat, y, sigma):
+        """``grad[ data_weight ||A(D(x0)) - y||^2 / tau^2 + ||x0 - x0_hat||^2 / (2 sigma^2) ]``, the data part's
+        gradient clipped elementwise to ``[-grad_clip, grad_clip]`` (before weighting) when ``grad_clip > 0``."""
+        h = self.hp
+        x0 = x0.detach().requires_grad_(True)
+        clip = h["grad_clip"]
+        if clip > 0:
+            g = self.grad(per_image_sq_norm(self.residual(x0, y)).sum(), x0).clamp(-clip, clip)
+            return g * (h["data_weight"] / h["tau"] ** 2) + (x0.detach() - x0_hat) / sigma**2
+        loss = (per_image_sq_norm(self.residual(x0, y)) / (h["tau"] ** 2 / h["data_weight"])
+                + per_image_sq_norm(x0 - x0_hat) / (2 * sigma**2)).sum()
+        return self.grad(loss, x0)
+
+    def mcmc(self, x0_hat, y, sigma, lr, gens, proj):
+        """Langevin dynamics or damped HMC on ``x0`` from ``x0_hat`` (module docstring)."""
+        h = self.hp
+        hmc = h["mc_algo"] == "hmc"
+        m = h["momentum"]
         x0 = x0_hat.clone()
+        v = noise_like(x0, gens) if hmc else None  # the code's mc_prepare: a fresh velocity per level
         for k in range(int(h["langevin_steps"])):
-            x0.requires_grad_(True)
-            loss = (per_image_sq_norm(self.residual(x0, y)) / (2 * h["tau"] ** 2)
-                    + per_image_sq_norm(x0 - x0_hat) / (2 * sigma**2)).sum()
-            g = self.grad(loss, x0)
+            g = self.potential_grad(x0, x0_hat, y, sigma)
             with torch.no_grad():
-                x0 = x0 - lr * proj(g, k) + math.sqrt(2 * lr) * noise_like(x0, gens)
+                if hmc:
+                    v = m * v - math.sqrt(lr) * proj(g, k) + math.sqrt(2 * (1 - m)) * noise_like(x0, gens)
+                    x0 = x0 + math.sqrt(lr) * v
+                else:
+                    x0 = x0 - lr * proj(g, k) + math.sqrt(2 * lr) * noise_like(x0, gens)
                 bad = ~torch.isfinite(x0.flatten(1)).all(1)  # restart those chains, without asking the device
-                x0 = torch.where(bad.reshape(-1, *([1] * (x0.dim() - 1))), x0_hat, x0)
+                bad = bad.reshape(-1, *([1] * (x0.dim() - 1)))
+                x0 = torch.where(bad, x0_hat, x0)
+                if hmc:
+                    v = torch.where(bad, torch.zeros_like(v), v)
+        return x0
+
+    def step(self, i, x, y, sigma, sigma_next, gens):
+        x0_hat = self.ode_x0(x, sigma)
+        x0 = self.mcmc(x0_hat, y, sigma, self.lr_at(i), gens, projector(self.dsg, x0_hat))
         x_next = x0 + sigma_next * noise_like(x0, gens) if sigma_next > 0 else x0
         return x_next, x0
+
+
+class LatentDAPS(DAPS):
+    """Latent DAPS under its own name: the defaults shown are the 2025 code's latent ones."""
+
+    name = "latent-daps"
+    defaults = {**DAPS.defaults, **LATENT, **LDM_TASKS["inpaint_box"]}
+
+    def __init__(self, prior, op, diffstategrad=None, **hparams):
+        if prior.space != "latent":
+            raise ValueError("latent-daps needs a latent model; on a pixel model use daps")
+        super().__init__(prior, op, diffstategrad, **hparams)
