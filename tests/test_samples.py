@@ -232,7 +232,8 @@ def fmnist(tmp_path_factory):
 
 def test_cli_samples_on_the_pixel_model(fmnist, tmp_path):
     common = ["inpaint", fmnist, "--model", "fmnist-ddpm-32", "--method", "dps", "--steps", "2", "-q"]
-    r = run(*common, "--samples", "3", "--batch-size", "2", "--compare", "-o", tmp_path / "b2")
+    # --batch-size counts solves: 6 = both images' 3 samples in one batch
+    r = run(*common, "--samples", "3", "--batch-size", "6", "--compare", "-o", tmp_path / "b2")
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "b2" / "metrics.json").read_text())
     jsonschema.validate(data, SCHEMA)
@@ -248,12 +249,12 @@ def test_cli_samples_on_the_pixel_model(fmnist, tmp_path):
         np.testing.assert_allclose(std[0], samples.std(0).numpy(), atol=2 / 255)
         assert Image.open(out / f"{stem}.std.png").mode == "RGB"
         assert Image.open(out / f"{stem}.compare.png").size[0] > 4 * 256  # reference | measurement | mean | std + bar
-        assert rec["status"] == "ok" and rec["nfe"] == 3 * 2
+        assert rec["status"] == "ok" and rec["nfe"] == 3 * 2 and rec["batch_images"] == 2
         for key in ("psnr", "ssim", "lpips", "residual"):
             assert rec[key] is not None or key == "lpips"
             assert all(run_[key] is not None or key == "lpips" for run_ in rec["samples"]["runs"])
         assert rec["samples"]["std_max"] == pytest.approx(float(np.sqrt((std ** 2).mean(0)).max()), rel=1e-5)
-    # the same sample files one image at a time
+    # the same sample files one sample at a time
     r = run(*common, "--samples", "3", "--batch-size", "1", "-o", tmp_path / "b1")
     assert r.exit_code == 0, r.output
     for stem in stems:
