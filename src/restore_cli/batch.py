@@ -3,6 +3,10 @@
 
 Randomness is per image (``rng.make_generators(seed, 1, offset=i)`` for image ``i`` of the
 run or suite), so an image's result depends neither on the batch it is in nor on its order.
+With ``samples = N > 1`` each image is solved N times (rows ``b * N .. b * N + N - 1`` of the
+result): sample 0 continues the image's generator after its measurement (exactly the one-sample
+result), sample ``k`` has its own generator (``rng.sample_generators``); the rows are solved at
+most ``chunk`` at a time, which changes nothing in the results.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import torch
 from .metrics import measurement_residual, psnr, ssim
 from .profiling import measure
 from .registry import build_operator
-from .rng import make_generators
-from .solvers import run_with_restarts
+from .rng import make_generators, sample_generators
+from .solvers import Result, run_with_restarts
 
 
 @dataclass
@@ -28,18 +32,30 @@ class SolvedBatch:
     result: Any          # solvers.SolveResult (best of the restarts)
     solver: Any          # the solver, for its resolved hyperparameters
     usage: Any           # profiling.measure: seconds and peak memory of the solve
+    samples: int = 1     # posterior samples per image: result rows b * samples .. (b + 1) * samples - 1
+    nfe: list | None = None         # per image, all its samples and restarts (None: result.nfe)
+    n_backward: list | None = None  # per image, likewise
+
+    def rows(self) -> list[int]:
+        """The image (batch position) of each result row."""
+        return [b for b in range(self.y.shape[0]) for _ in range(self.samples)]
 
     def residuals(self) -> list:
-        """Per-image relative measurement residual ``||A(x) - y|| / ||y||`` (None where diverged)."""
-        return finite(measurement_residual(self.op, self.result.images.float(), self.y))
+        """Per-row relative measurement residual ``||A(x) - y|| / ||y||`` (None where diverged)."""
+        if self.samples == 1:
+            return finite(measurement_residual(self.op, self.result.images.float(), self.y))
+        rows = self.rows()
+        return finite(measurement_residual(self.op.select(rows), self.result.images.float(), self.y[rows]))
 
 
 def solve_batch(x: torch.Tensor, ids: list[int], *, task: str, task_opts: dict, noise_sigma: float, seed: int,
                 method_cls, prior, dsg=None, hparams: dict | None = None, guidance: float = 1.0,
                 restarts: int = 1, rule: str = "residual", measured: bool = False,
-                shape: tuple | None = None, on_step: Callable | None = None) -> SolvedBatch:
+                shape: tuple | None = None, on_step: Callable | None = None, samples: int = 1,
+                chunk: int | None = None) -> SolvedBatch:
     """Build the operator for ``x`` ([B, C, H, W], image ids ``ids``), measure (or, with
-    ``measured``, take ``x`` as the measurement itself), and solve with best-of-``restarts``.
+    ``measured``, take ``x`` as the measurement itself), and solve with best-of-``restarts``,
+    ``samples`` times per image (each sample its own best-of-``restarts`` run), ``chunk`` rows at a time.
 
     ``guidance`` multiplies the method's measurement-guidance step sizes (``guidance_keys``);
     ``shape`` is the working image's shape when it differs from ``x``'s (measured super-resolution)."""
@@ -49,12 +65,51 @@ def solve_batch(x: torch.Tensor, ids: list[int], *, task: str, task_opts: dict, 
         y, ref = (x * op.mask if task == "inpaint" else x), None
     else:
         y, ref = op(x, gens), x
-    solver = method_cls(prior, op, dsg, **(hparams or {}))
-    for k in method_cls.guidance_keys:
-        solver.hp[k] = solver.hp[k] * guidance
+
+    def make_solver(o):
+        solver = method_cls(prior, o, dsg, **(hparams or {}))
+        for k in method_cls.guidance_keys:
+            solver.hp[k] = solver.hp[k] * guidance
+        return solver
+
+    b = y.shape[0]
+    rows = [i for i in range(b) for _ in range(samples)]
+    row_gens = [g for i, g in zip(ids, gens) for g in [g, *sample_generators(seed, i, samples)]]
+    chunk = len(rows) if chunk is None else max(1, int(chunk))
+    parts, solver = [], None
     with measure(x.device) as usage:
-        res = run_with_restarts(solver, y, gens, restarts, rule, ref, on_step)
-    return SolvedBatch(op, y, res, solver, usage)
+        for start in range(0, len(rows), chunk):
+            sel = rows[start:start + chunk]
+            whole = sel == list(range(b))  # one sample per image, all in one solve: the batch as it is
+            solver = make_solver(op if whole else op.select(sel))
+            part = run_with_restarts(solver, y if whole else y[sel], row_gens[start:start + chunk], restarts, rule,
+                                     None if ref is None else (ref if whole else ref[sel]), on_step)
+            parts.append((sel, part))
+    if len(parts) == 1 and samples == 1:
+        return SolvedBatch(op, y, parts[0][1], solver, usage)
+    nfe, nb = [0] * b, [0] * b
+    for sel, part in parts:
+        for i in sel:
+            nfe[i] += part.nfe
+            nb[i] += part.n_backward
+    return SolvedBatch(op, y, _concat([p for _, p in parts]), solver, usage, samples, nfe, nb)
+
+
+def _concat(parts: list) -> Result:
+    """The results of consecutive chunks of rows as one (per-row lists in ``extra`` joined)."""
+    if len(parts) == 1:
+        return parts[0]
+    extra = {}
+    for k, v in parts[0].extra.items():
+        if isinstance(v, list):
+            extra[k] = [e for p in parts for e in p.extra.get(k, [])]
+        elif isinstance(v, dict):  # e.g. posterior-mean's conjugate-gradient report: its per-row lists joined
+            extra[k] = {kk: ([e for p in parts for e in p.extra[k][kk]] if isinstance(vv, list) else vv)
+                        for kk, vv in v.items()}
+        else:
+            extra[k] = v
+    return Result(torch.cat([p.images for p in parts]), torch.cat([p.model for p in parts]),
+                  max(p.nfe for p in parts), max(p.n_backward for p in parts), extra)
 
 
 def finite(v: torch.Tensor) -> list:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,12 @@ NONLINEAR_BLUR_METHODS = tuple(m for m, info in METHODS.items() if "phase-retrie
 CHOICES = {"border": ("reflect", "circular", "zeros"), "filter": ("bicubic", "avgpool")}
 # the files a run writes per input, besides metrics.json (see run.py)
 OUTPUT_SUFFIXES = (".png", ".measurement.png", ".compare.png")
+# ... and with --samples N > 1 (and <stem>.sample-K.png, K = 0 .. N-1: see output_names)
+SAMPLES_SUFFIXES = (".std.png", ".std.npy")
+# --samples: each is a whole diffusion run; a thousand pin the std map down to about 2 %
+MAX_SAMPLES = 1000
+# methods whose result is a function of the measurement: more than one sample would repeat it
+DETERMINISTIC = ("pseudo-inverse", "posterior-mean")
 # the largest --noise-sigma that means anything: a std of the whole [-1, 1] range
 MAX_NOISE_SIGMA = 2.0
 
@@ -64,6 +71,7 @@ class RunConfig:
     restarts: int | None = None
     restart_rule: str = "residual"
     low_memory: bool = False
+    samples: int = 1
     argv: list[str] = field(default_factory=list)
 
 
@@ -114,6 +122,7 @@ def check_options(cfg: RunConfig) -> None:
     _number("--steps", cfg.steps, 1, integer=True)
     _number("--batch-size", cfg.batch_size, 1, integer=True)
     _number("--restarts", cfg.restarts, 1, integer=True)
+    _number("--samples", cfg.samples, 1, MAX_SAMPLES, integer=True)
     _number("--noise-sigma", cfg.noise_sigma, 0, MAX_NOISE_SIGMA)
     _number("--var-cutoff", cfg.var_cutoff, 0, 1, lo_open=True)
     _number("--period", cfg.period, 1, integer=True)
@@ -153,6 +162,9 @@ def check_options(cfg: RunConfig) -> None:
         raise UsageError("measured inpainting needs the mask of the damaged pixels: --mask PATH (white = missing)")
     if cfg.restart_rule == "oracle" and cfg.measured:
         raise UsageError("the oracle restart rule needs reference images (not --measured)")
+    if cfg.samples > 1 and cfg.method in DETERMINISTIC:
+        raise UsageError(f"{cfg.method} is deterministic: its {cfg.samples} samples would all be the same image; "
+                         "use --samples 1 or a sampling method")
     check_sets(cfg.sets)
 
 
@@ -168,14 +180,34 @@ def list_images(paths: list[Path]) -> list[Path]:
     return out
 
 
-def output_stems(images: list[Path]) -> list[str]:
-    """The stem of each input's outputs (``STEM.png``, ``STEM.measurement.png``, ``STEM.compare.png``).
+_SAMPLE_NAME = re.compile(r"^(.*)\.sample-(0|[1-9][0-9]*)\.png$", re.IGNORECASE)
+
+
+def name_key(name: str, samples: int = 1) -> str:
+    """The key under which an output file name is compared with others: the name itself, except that the
+    ``N`` sample files of one stem (``STEM.sample-K.png``, ``K < N``) share the key ``STEM.sample-*.png``."""
+    m = _SAMPLE_NAME.match(name) if samples > 1 else None
+    return f"{m.group(1)}.sample-*.png" if m and int(m.group(2)) < samples else name
+
+
+def output_names(stem: str, samples: int = 1) -> list[str]:
+    """The keys (:func:`name_key`) of the files a run writes for one stem."""
+    names = [stem + s for s in OUTPUT_SUFFIXES]
+    if samples > 1:
+        names += [stem + s for s in SAMPLES_SUFFIXES] + [f"{stem}.sample-*.png"]
+    return [name_key(n, samples) if not n.endswith(".sample-*.png") else n for n in names]
+
+
+def output_stems(images: list[Path], samples: int = 1) -> list[str]:
+    """The stem of each input's outputs (``STEM.png``, ``STEM.measurement.png``, ``STEM.compare.png``; with
+    ``samples > 1`` also ``STEM.sample-K.png``, ``STEM.std.png``, ``STEM.std.npy``).
 
     An input's stem is its file's stem; inputs whose outputs would share a name (``a.png`` and ``a.jpg``;
-    ``b.png`` and ``b.measurement.png``) keep their extension instead (``a.png``, ``a.jpg``).  The same file
-    given twice is one input.  Names that still collide (``x/a.png`` and ``y/a.png``) are a usage error."""
+    ``b.png`` and ``b.measurement.png``; with samples, ``c.png`` and ``c.std.png``) keep their extension
+    instead (``a.png``, ``a.jpg``).  The same file given twice is one input.  Names that still collide
+    (``x/a.png`` and ``y/a.png``) are a usage error."""
     def names(stem: str) -> list[str]:
-        return [stem + s for s in OUTPUT_SUFFIXES]
+        return output_names(stem, samples)
 
     stems = [p.stem for p in images]
     for _ in range(2):
@@ -215,13 +247,14 @@ def check_paths(cfg: RunConfig, images: list[Path], stems: list[str]) -> None:
         if Path(p).is_dir() and Path(p).resolve() == out_r:
             raise UsageError(f"-o {out} is the input folder {p}: results would be mixed with (or written over) "
                              "the inputs; choose another output folder")
-    inputs = {p.resolve() for p in images}
+    samples = cfg.samples or 1
+    inside = {name_key(p.resolve().name, samples): p for p in images if p.resolve().parent == out_r}
     for stem in stems:
-        for s in OUTPUT_SUFFIXES:
-            if (out_r / (stem + s)) in inputs:
-                raise UsageError(f"-o {out}: the output {out / (stem + s)} would overwrite the input of the same "
-                                 "name; choose another output folder")
-    if (out_r / "metrics.json") in inputs:
+        for n in output_names(stem, samples):
+            if n in inside:
+                raise UsageError(f"-o {out}: the output {out / inside[n].resolve().name} would overwrite the input of "
+                                 "the same name; choose another output folder")
+    if (out_r / "metrics.json") in {p.resolve() for p in images}:
         raise UsageError(f"-o {out}: an input is named metrics.json in the output folder")
 
 
@@ -252,7 +285,7 @@ def check(cfg: RunConfig) -> Checked:
     images = [p for p in list_images(cfg.inputs) if not (p.resolve() in seen or seen.add(p.resolve()))]  # a file given twice: once
     if not images:
         raise UsageError("no input images found")
-    stems = output_stems(images)
+    stems = output_stems(images, cfg.samples or 1)
     check_paths(cfg, images, stems)
     restarts = cfg.restarts if cfg.restarts is not None else TASKS[cfg.task].default_restarts
     return Checked(model, info, images, stems, restarts)

@@ -89,6 +89,9 @@ COMMON = [
         "(phase retrieval: on |FFT| of [0, 1] images, as DAPS). 0.01: DiffStateGrad's tables; 0.05: DPS's and DAPS's."))]),
     P("batch_size", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
         "--batch-size", help="Images per batch.")]),
+    P("samples", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
+        "--samples", help="Posterior samples per image: writes each (<stem>.sample-K.png), their mean as <stem>.png "
+        "and their per-pixel std (<stem>.std.png, <stem>.std.npy).")]),
     P("output", P.KEYWORD_ONLY, default=Path("restored"), annotation=Annotated[Path, typer.Option(
         "--output", "-o", help="Output folder.")]),
     P("sets", P.KEYWORD_ONLY, default=[], annotation=Annotated[list[str], typer.Option(

@@ -6,7 +6,7 @@ RGB and RGBA (alpha is composited onto white); every image becomes a float
 16-bit colour PNG and TIFF are read at full precision (Pillow has no 16-bit
 colour mode: the high and low bytes are decoded in two passes).  Images
 larger than a pixel limit are refused from their header, before decoding.
-Writing produces 8- or 16-bit PNGs, atomically (unique temporary file, then
+Writing produces 8- or 16-bit PNGs (and float32 ``.npy`` arrays), atomically (unique temporary file, then
 ``os.replace``).
 """
 
@@ -372,6 +372,12 @@ def write_png(path: Path, img: torch.Tensor, bits: int = 8) -> None:
     else:
         data = encode_png16(a)
         _write_atomic(path, lambda f: f.write(data))
+
+
+def write_npy(path: Path, a) -> None:
+    """Write an array (a tensor or numpy array) as a ``.npy`` file of float32, atomically."""
+    x = a.detach().float().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float32)
+    _write_atomic(path, lambda f: np.save(f, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False))
 
 
 def encode_png16(a: np.ndarray) -> bytes:

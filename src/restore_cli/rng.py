@@ -3,7 +3,9 @@
 Every image in a batch owns one :class:`torch.Generator`.  All noise is drawn
 image by image from its own generator, so the result for an image is the same
 whether it is restored alone or inside any batch (DPS's reference code draws
-one batch-wide tensor and so does not have this property).
+one batch-wide tensor and so does not have this property).  Posterior sample ``k >= 1``
+of an image (``--samples``) has a generator of its own, seeded from the image's seed and
+``k`` (:func:`sample_generators`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,37 @@ def make_generators(seed: int, n: int, offset: int = 0) -> list[torch.Generator]
     gens = []
     for k in range(offset, offset + n):
         g = torch.Generator(device="cpu")
-        # a simple, documented mix of the run seed and the image index
-        g.manual_seed((int(seed) * 1_000_003 + k * 7919) % (2**63 - 1))
+        g.manual_seed(image_seed(seed, k))
+        gens.append(g)
+    return gens
+
+
+def image_seed(seed: int, k: int) -> int:
+    """The seed of image ``k``'s generator in a run with ``seed`` (a simple, documented mix)."""
+    return (int(seed) * 1_000_003 + k * 7919) % (2**63 - 1)
+
+
+def sample_seed(image: int, k: int) -> int:
+    """The seed of posterior sample ``k >= 1`` of an image whose generator seed is ``image``.
+
+    SplitMix64 of the pair (a bijective 64-bit mix), so that sample seeds neither repeat across samples
+    nor fall into the simple arithmetic progression of the images' own seeds (:func:`image_seed`)."""
+    z = (int(image) + 0x9E3779B97F4A7C15 * (k + 1)) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) % (2**63 - 1)
+
+
+def sample_generators(seed: int, image: int, n: int) -> list[torch.Generator]:
+    """Generators of posterior samples ``1 .. n - 1`` of image ``image`` of a run with ``seed``.
+
+    Sample 0 is the image's own generator (:func:`make_generators`, which first draws the measurement), so
+    one sample is exactly the single-sample result; sample ``k`` depends only on (seed, image, k), never on
+    ``n`` or the batch."""
+    gens = []
+    for k in range(1, n):
+        g = torch.Generator(device="cpu")
+        g.manual_seed(sample_seed(image_seed(seed, image), k))
         gens.append(g)
     return gens
 

@@ -26,12 +26,13 @@ from .checks import RunConfig, check  # noqa: F401 - RunConfig is part of this m
 from .config import ModelSpec
 from .distributed import Shard, current, locked_update, output_lock  # noqa: F401 - output_lock: this module's API
 from .hub import ModelUnavailable, load_prior
-from .io import ImageReadError, fit_to, read_image_info, side_by_side, unfit, write_json_atomic, write_png
-from .batch import error_line, score, solve_batch
-from .metrics import LPIPS, lpips_status
+from .io import ImageReadError, fit_to, read_image_info, side_by_side, unfit, write_json_atomic, write_npy, write_png
+from .batch import error_line, finite, score, solve_batch
+from .metrics import LPIPS, lpips_status, measurement_residual
 from .catalog import TASK_DEFAULTS
 from .registry import MethodInfo, UsageError, noise_unit, parse_set, resolve_device, resolve_dtype, resolve_prompt
 from .report import SCHEMA_VERSION, environment, summarize
+from .samples import Moments, pixel_std, std_colours, std_figure, with_colour_bar
 from .solvers import DiffStateGrad, StepInfo
 
 
@@ -98,12 +99,18 @@ def dtype_warnings(dtype: torch.dtype, device: torch.device) -> list[str]:
 # the parts of metrics.json's "config" that decide the results: a rerun resumes only when they all match
 RESULT_KEYS = (("task",), ("mode",), ("operator", "task_options"), ("operator", "noise_sigma"), ("method", "name"),
                ("method", "overrides"), ("method", "diffstategrad"), ("restarts",), ("model", "name"),
-               ("model", "revision"), ("model", "prompt"), ("seed",), ("dtype",), ("fit",), ("lpips", "net"))
+               ("model", "revision"), ("model", "prompt"), ("seed",), ("dtype",), ("fit",), ("lpips", "net"),
+               ("samples",))
+# what a key missing from an earlier run's config meant (it predates the key)
+RESULT_DEFAULTS = {("samples",): 1}
 
 
 def _get(d: dict, path: tuple):
+    top = d
     for k in path:
         d = d.get(k) if isinstance(d, dict) else None
+    if d is None and path in RESULT_DEFAULTS and isinstance(top, dict):
+        return RESULT_DEFAULTS[path]
     return d
 
 
@@ -203,6 +210,7 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
             "model": {**plan.model.record(), "prompt": plan.prompt},
             "seed": cfg.seed, "device": str(plan.device), "dtype": cfg.dtype, "batch_size": cfg.batch_size,
             "fit": cfg.fit, "low_memory": cfg.low_memory, "lpips": {"net": cfg.lpips_net, "available": None, "source": None},
+            "samples": cfg.samples,
             "warnings": list(plan.warnings),
         },
         "environment": environment(),
@@ -345,6 +353,8 @@ def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data
     if native is not None and cfg.fit != "none":
         native_hw = (native, native) if isinstance(native, int) else tuple(native)
     warned: set[str] = set()
+    # --batch-size counts solves run together: with --samples N an image is N of them (see batch.solve_batch)
+    per_batch = max(1, cfg.batch_size // cfg.samples)
 
     def run_batch(batch):
         try:
@@ -375,7 +385,7 @@ def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data
                 data["config"]["warnings"].append(msg)
                 emit("warning", {"message": msg})
         item = (i, img, info)
-        if batch and (len(batch) >= cfg.batch_size or batch[0][1].shape != img.shape):
+        if batch and (len(batch) >= per_batch or batch[0][1].shape != img.shape):
             run_batch(batch)
             batch = []
         batch.append(item)
@@ -412,7 +422,9 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
     sb = solve_batch(x, idx, task=cfg.task, task_opts=cfg.task_opts, noise_sigma=cfg.noise_sigma, seed=cfg.seed,
                      method_cls=plan.method.cls, prior=prior, dsg=plan.dsg, hparams=plan.hparams,
                      restarts=plan.restarts, rule=cfg.restart_rule, measured=cfg.measured, shape=shape,
-                     on_step=on_step)
+                     on_step=on_step, samples=cfg.samples, chunk=cfg.batch_size)
+    if cfg.samples > 1:
+        return _write_samples(plan, lp, batch, records, stems, out, emit, prepared, sb, shape, t0, x)
     op, y, res, usage = sb.op, sb.y, sb.result, sb.usage
     ref = None if cfg.measured else x
     seconds = (time.time() - t0) / len(batch)
@@ -457,6 +469,84 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
                                             f"{cg['rel_residual'][k]:.2g} (tolerance {cg['tol']:g}): not exact"})
         if res.extra.get("restarts", 1) > 1:
             rec["restarts"] = {"rule": res.extra["restart_rule"], "chosen_run": res.extra["chosen_run"][k],
+                               "count": res.extra["restarts"]}
+        emit("image", {"stem": stem, "record": rec})
+    hp.pop("diffstategrad", None)
+    return hp
+
+
+def _write_samples(plan, lp, batch, records, stems, out, emit, prepared, sb, shape, t0, x):
+    """``--samples N > 1``: per image, its N samples, their mean (``<stem>.png``, written last: a rerun
+    skips an image only once everything is there) and per-pixel std (``.std.npy``, ``.std.png``), with
+    metrics of the mean and of every sample."""
+    cfg = plan.cfg
+    n = cfg.samples
+    op, y, res, usage = sb.op, sb.y, sb.result, sb.usage
+    b = len(batch)
+    ref = None if cfg.measured else x
+    seconds = (time.time() - t0) / b
+    hp = sb.solver.params()
+    rows = res.images.float()
+    means = rows.reshape(b, n, *rows.shape[1:]).mean(1)  # at the working size: what the metrics score
+    resid = finite(measurement_residual(op, means, y))
+    row_resid = sb.residuals()
+    metrics, metric_errors = score(means, ref, lp) if ref is not None else ({}, [])
+    row_metrics, row_errors = score(rows, ref[sb.rows()], lp) if ref is not None else ({}, [])
+    out_rows = rows.cpu()
+    vis = op.visualize(y).float().cpu()
+    chosen = res.extra.get("chosen_run") if res.extra.get("restarts", 1) > 1 else None
+    for k, (i, img, info) in enumerate(batch):
+        how = prepared[k][1]
+        stem = stems[i]
+        mine = range(k * n, (k + 1) * n)
+        write_png(out / f"{stem}.measurement.png", vis[k])
+        bad = [j for j, r in enumerate(mine) if not bool(torch.isfinite(out_rows[r]).all())]
+        std = None
+        if not bad:
+            mom = Moments()
+            for j, r in enumerate(mine):
+                sample = unfit(out_rows[r], how)
+                write_png(out / f"{stem}.sample-{j}.png", sample, bits=info.bits)
+                mom.add(sample)
+            restored, std = mom.mean, mom.std
+            write_npy(out / f"{stem}.std.npy", std)
+            write_png(out / f"{stem}.std.png", std_figure(std))
+            if cfg.compare:
+                colours, vmax = std_colours(std)
+                panels = ([img] if ref is not None else []) + [vis[k], restored, colours]
+                write_png(out / f"{stem}.compare.png", with_colour_bar(side_by_side(panels), vmax))
+            write_png(out / f"{stem}.png", restored, bits=info.bits)
+
+        def row(name, r):
+            return row_metrics.get(name, [None] * len(out_rows))[r]
+
+        rec = records[i]
+        rec.update({"status": "failed" if bad else "ok",
+                    "error": (f"the solver diverged in sample{'s' if len(bad) > 1 else ''} "
+                              f"{', '.join(map(str, bad))} of {n} (non-finite values): lower the measurement "
+                              "step size (--set)") if bad else None,
+                    "measurement": str(out / f"{stem}.measurement.png"),
+                    "working_size": list(shape[-2:]), "input_size": list(img.shape[-2:]),
+                    "psnr": metrics.get("psnr", [None] * b)[k],
+                    "ssim": metrics.get("ssim", [None] * b)[k],
+                    "lpips": metrics.get("lpips", [None] * b)[k],
+                    "residual": resid[k], "nfe": sb.nfe[k], "n_backward": sb.n_backward[k],
+                    "seconds": seconds, "peak_memory_mb": usage.peak_mb, "batch_images": b,
+                    "operator": op.select([k]).params(),
+                    "samples": {"count": n,
+                                "std": None if bad else str(out / f"{stem}.std.png"),
+                                "std_array": None if bad else str(out / f"{stem}.std.npy"),
+                                "std_mean": None if std is None else float(pixel_std(std).mean()),
+                                "std_max": None if std is None else float(pixel_std(std).max()),
+                                "runs": [{"output": None if bad else str(out / f"{stem}.sample-{j}.png"),
+                                          "psnr": row("psnr", r), "ssim": row("ssim", r), "lpips": row("lpips", r),
+                                          "residual": row_resid[r],
+                                          **({"chosen_run": chosen[r]} if chosen is not None else {})}
+                                         for j, r in enumerate(mine)]}})
+        if metric_errors or row_errors:
+            rec["metric_errors"] = metric_errors + [f"samples: {e}" for e in row_errors]
+        if chosen is not None:
+            rec["restarts"] = {"rule": res.extra["restart_rule"], "chosen_run": [chosen[r] for r in mine],
                                "count": res.extra["restarts"]}
         emit("image", {"stem": stem, "record": rec})
     hp.pop("diffstategrad", None)
