@@ -30,9 +30,10 @@ images agree to ~40-50 dB PSNR, not bit for bit (``tests/test_jpeg.py`` quotes t
 Rounding and its gradient (``rounding``):
 
 * ``"ste"`` (default): the forward value is true rounding, so ``A`` *is* the codec (the solvers'
-  residual ``y - A(x0)`` is measured against the real decode and JPEG re-encoding is idempotent:
-  ``A(A(x)) = A(x)`` exactly for 4:4:4, grey and box upsampling, PiGDM's
-  ``h(h^+(h(x))) = h(x)``); the backward pass is the straight-through identity, so the Jacobian is
+  residual ``y - A(x0)`` is measured against the real decode, and re-encoding with the same tables
+  is idempotent, PiGDM's ``h(h^+(h(x))) = h(x)``: exactly on whole MCUs for grey, 4:4:4, or box
+  upsampling, where downsampling after upsampling is the identity; near it with fancy upsampling,
+  at image edges padded by replication, or where the clamp bites); the backward pass is the straight-through identity, so the Jacobian is
   that of the codec without quantisation (colour transform, subsampling, DCT: all linear), which
   never vanishes.  Reich et al. (2024, "Differentiable JPEG: the devil is in the details") find
   straight-through variants the more faithful gradients.
