@@ -38,13 +38,13 @@ class MethodInfo:
         return getattr(solvers, self.solver)
 
 
-ALL_TASKS = ("inpaint", "deblur", "superres", "phase-retrieval", "hdr")
+ALL_TASKS = ("inpaint", "deblur", "superres", "phase-retrieval", "hdr", "jpeg")
 LINEAR_TASKS = ("inpaint", "deblur", "superres")
 
 METHODS: dict[str, MethodInfo] = {
     "dps": MethodInfo("dps", "DPS", ("pixel", "latent"), ALL_TASKS, "steps", "1000",
                       "Diffusion Posterior Sampling (Chung et al. 2023); on a latent model: Latent DPS (P2L Eq. 6)"),
-    "pigdm": MethodInfo("pigdm", "PiGDM", ("pixel",), ("inpaint", "deblur", "superres", "hdr"), "steps", "100",
+    "pigdm": MethodInfo("pigdm", "PiGDM", ("pixel",), ("inpaint", "deblur", "superres", "hdr", "jpeg"), "steps", "100",
                         "Pseudoinverse-guided diffusion (Song et al. 2023)"),
     "daps": MethodInfo("daps", "DAPS", ("pixel", "latent"), ALL_TASKS, "annealing_steps",
                        "1000 (200 x 5 ODE); latent 100 (50 x 2 ODE)",
@@ -71,8 +71,8 @@ METHODS: dict[str, MethodInfo] = {
                       "Decomposed diffusion sampler: 5 CG steps on data consistency per DDIM step (Chung et al. 2024)",
                       gradient_guided=False),
     # classical baselines (no learned prior, no steps)
-    "pseudo-inverse": MethodInfo("pseudo-inverse", "PseudoInverse", ("pixel",), ("inpaint", "deblur", "superres", "hdr"),
-                                 "steps", "0", "Baseline: A^+ y (zero-filled for inpainting; PiGDM's h^+ for HDR)",
+    "pseudo-inverse": MethodInfo("pseudo-inverse", "PseudoInverse", ("pixel",), ("inpaint", "deblur", "superres", "hdr", "jpeg"),
+                                 "steps", "0", "Baseline: A^+ y (zero-filled for inpainting; PiGDM's h^+ for HDR, the decoded image for JPEG)",
                                  default_model="analytic", gradient_guided=False),
     "posterior-mean": MethodInfo("posterior-mean", "PosteriorMean", ("pixel",), LINEAR_TASKS, "steps", "0",
                                  "Baseline: exact posterior mean under an analytic Gaussian model (Wiener filter)",
@@ -94,6 +94,7 @@ TASKS: dict[str, TaskInfo] = {
     "superres": TaskInfo("superres", "upsample by an integer factor (bicubic or average-pool model)", True),
     "phase-retrieval": TaskInfo("phase-retrieval", "recover an image from its Fourier magnitude", False, 4),
     "hdr": TaskInfo("hdr", "undo clipping of an image scaled by a factor (DAPS's HDR)", True),
+    "jpeg": TaskInfo("jpeg", "undo JPEG compression (a quality factor, or a real .jpg's own tables with --measured)", True),
 }
 
 
@@ -105,7 +106,22 @@ TASK_DEFAULTS: dict[str, dict] = {
     "superres": {"scale": 4, "filter": "bicubic"},
     "phase-retrieval": {"oversample": 2.0},
     "hdr": {"hdr_scale": 2.0},
+    "jpeg": {"quality": 10, "rounding": "ste"},  # PiGDM Table 4's middle quality factor (5, 10, 20) and its Fig. 8's
 }
+
+# `--then jpeg:Q` (PiGDM Sec. 5.3, composed measurements): the tasks whose measurement may be JPEG-compressed
+# afterwards; methods that accept the non-linear JPEG task accept the composition
+THEN_TASKS = ("inpaint", "deblur", "superres", "hdr")
+JPEG_QUALITY_RANGE = (2, 100)
+
+
+def parse_then(text: str) -> tuple[str, int]:
+    """``--then jpeg:Q`` -> ``("jpeg", Q)``; a UsageError for anything else."""
+    name, _, raw = str(text).strip().partition(":")
+    lo, hi = JPEG_QUALITY_RANGE
+    if name.strip().lower() != "jpeg" or not raw.strip().isdigit() or not lo <= int(raw) <= hi:
+        raise UsageError(f"--then expects jpeg:Q with an integer quality Q in {lo}..{hi} (e.g. jpeg:10), got {text!r}")
+    return "jpeg", int(raw)
 
 
 def check_method(method: str, task: str, model: ModelSpec) -> MethodInfo:

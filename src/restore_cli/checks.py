@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import METHODS, TASKS, MethodInfo, UsageError, check_method, check_method_options
+from .catalog import (JPEG_QUALITY_RANGE, METHODS, TASKS, THEN_TASKS, MethodInfo, UsageError, check_method,
+                      check_method_options, parse_then)
 from .config import ConfigError, ModelSpec, load_registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -29,7 +30,8 @@ KINDS_OF = {"mask": ("box", "random", "freeform"), "kernel": ("gaussian", "motio
 # --kernel nonlinear (BKSE's network) is neither linear nor has a pseudo-inverse: the methods that run any
 # differentiable forward model (those that take phase retrieval) take it; PiGDM, PSLD, P2L and the baselines refuse
 NONLINEAR_BLUR_METHODS = tuple(m for m, info in METHODS.items() if "phase-retrieval" in info.tasks)
-CHOICES = {"border": ("reflect", "circular", "zeros"), "filter": ("bicubic", "avgpool")}
+CHOICES = {"border": ("reflect", "circular", "zeros"), "filter": ("bicubic", "avgpool"), "rounding": ("ste", "cubic")}
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 # the files a run writes per input, besides metrics.json (see run.py)
 OUTPUT_SUFFIXES = (".png", ".measurement.png", ".compare.png")
 # ... and with --samples N > 1 (and <stem>.sample-K.png, K = 0 .. N-1: see output_names)
@@ -140,6 +142,14 @@ def check_options(cfg: RunConfig) -> None:
     _number("--kernel-size", o.get("kernel_size"), 1, 1025, integer=True)
     _number("--hdr-scale", o.get("hdr_scale"), 0, 1000, lo_open=True)
     _number("--oversample", o.get("oversample"), 0, 16, lo_open=True)
+    _number("--quality", o.get("quality"), *JPEG_QUALITY_RANGE, integer=True)
+    if o.get("then") is not None:
+        parse_then(o["then"])
+        if cfg.task not in THEN_TASKS:
+            raise UsageError(f"--then applies to {', '.join(THEN_TASKS)}, not {cfg.task}")
+        if cfg.measured:
+            raise UsageError("--then with --measured is not supported yet: restore the measurement as `restore jpeg "
+                             "--measured` or give clean reference images")
     for key, allowed in CHOICES.items():
         if key in o:
             _choice(f"--{key}", o[key], allowed)
@@ -278,6 +288,10 @@ def check(cfg: RunConfig) -> Checked:
         raise UsageError(f"method {info.name!r} needs a linear blur or a pseudo-inverse; --kernel nonlinear has "
                          f"neither (use {', '.join(NONLINEAR_BLUR_METHODS)})")
     check_method_options(info, cfg.task, cfg.task_opts, cfg.diffstategrad)
+    if cfg.task_opts.get("then") is not None and "jpeg" not in info.tasks:
+        raise UsageError(f"method {cfg.method!r} needs a linear operator; --then {cfg.task_opts['then']} makes the "
+                         f"measurement non-linear (methods that take it: "
+                         f"{', '.join(m.name for m in METHODS.values() if 'jpeg' in m.tasks)})")
     missing = [p for p in cfg.inputs if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {missing[0]}")
@@ -285,6 +299,11 @@ def check(cfg: RunConfig) -> Checked:
     images = [p for p in list_images(cfg.inputs) if not (p.resolve() in seen or seen.add(p.resolve()))]  # a file given twice: once
     if not images:
         raise UsageError("no input images found")
+    if cfg.measured and cfg.task == "jpeg":
+        other = [p for p in images if p.suffix.lower() not in JPEG_SUFFIXES]
+        if other:
+            raise UsageError(f"restore jpeg --measured reads each file's own quantisation tables: {other[0]} is not a "
+                             f"JPEG file ({', '.join(JPEG_SUFFIXES)})")
     stems = output_stems(images, cfg.samples or 1)
     check_paths(cfg, images, stems)
     restarts = cfg.restarts if cfg.restarts is not None else TASKS[cfg.task].default_restarts

@@ -131,10 +131,20 @@ def task_command(name: str, example: str):
     return deco
 
 
+THEN = Annotated[Optional[str], typer.Option(
+    "--then", help="Compose: JPEG-compress the measurement afterwards, jpeg:Q (quality Q, e.g. jpeg:10; PiGDM Sec. 5.3).")]
+
+
+def _then(opts: dict, then: str | None) -> dict:
+    """The task options with ``then`` only when given (so runs without it record what they always did)."""
+    return opts if then is None else {**opts, "then": then}
+
+
 @task_command("inpaint", "restore inpaint --method daps --diffstategrad --mask freeform photo.png")
-def inpaint(mask: Annotated[str, typer.Option("--mask", help="box, random, freeform, or PATH to a mask image (white = missing).")] = "box"):
+def inpaint(mask: Annotated[str, typer.Option("--mask", help="box, random, freeform, or PATH to a mask image (white = missing).")] = "box",
+            then: THEN = None):
     """Fill in missing pixels."""
-    return {"mask": mask}
+    return _then({"mask": mask}, then)
 
 
 @task_command("deblur", "restore deblur --kernel motion --method dps photos/")
@@ -143,19 +153,21 @@ def deblur(kernel: Annotated[str, typer.Option("--kernel", help="gaussian, motio
            kernel_size: Annotated[int, typer.Option("--kernel-size", help="Kernel side (gaussian, motion).")] = 61,
            border: Annotated[str, typer.Option("--border", help="reflect, circular or zeros.")] = "reflect",
            kernel_model: Annotated[Optional[Path], typer.Option("--kernel-model", help="--kernel nonlinear: BKSE's "
-                                                              "GOPRO_wVAE.pth (see README).")] = None):
+                                                              "GOPRO_wVAE.pth (see README).")] = None,
+           then: THEN = None):
     """Remove blur."""
     opts = {"kernel": kernel, "kernel_size": kernel_size, "border": border}
     if kernel_model is not None:
         opts["kernel_model"] = str(kernel_model)
-    return opts
+    return _then(opts, then)
 
 
 @task_command("superres", "restore superres --scale 4 --filter bicubic face.png")
 def superres(scale: Annotated[int, typer.Option("--scale", help="Integer factor.")] = 4,
-             filter: Annotated[str, typer.Option("--filter", help="bicubic or avgpool.")] = "bicubic"):  # noqa: A002
+             filter: Annotated[str, typer.Option("--filter", help="bicubic or avgpool.")] = "bicubic",  # noqa: A002
+             then: THEN = None):
     """Increase resolution by an integer factor."""
-    return {"scale": scale, "filter": filter}
+    return _then({"scale": scale, "filter": filter}, then)
 
 
 @task_command("phase-retrieval", "restore phase-retrieval --method daps --diffstategrad --restarts 4 face.png")
@@ -167,9 +179,20 @@ def phase_retrieval(restarts: Annotated[Optional[int], typer.Option("--restarts"
 
 
 @task_command("hdr", "restore hdr --method pigdm photo.png")
-def hdr(hdr_scale: Annotated[float, typer.Option("--hdr-scale", help="Scale before clipping.")] = 2.0):
+def hdr(hdr_scale: Annotated[float, typer.Option("--hdr-scale", help="Scale before clipping.")] = 2.0,
+        then: THEN = None):
     """Undo the clipping of an over-exposed image (scale, then clip)."""
-    return {"hdr_scale": hdr_scale}
+    return _then({"hdr_scale": hdr_scale}, then)
+
+
+@task_command("jpeg", "restore jpeg --quality 10 --method pigdm --noise-sigma 0 photo.png")
+def jpeg(quality: Annotated[Optional[int], typer.Option("--quality", help="JPEG quality factor 2-100 (libjpeg's "
+                                                        "tables; default 10, PiGDM's). Ignored with --measured: each "
+                                                        ".jpg's own tables are used.")] = None,
+         rounding: Annotated[str, typer.Option("--rounding", help="ste (true rounding, straight-through gradient) "
+                                               "or cubic (Shin & Song's smooth surrogate).")] = "ste"):
+    """Undo JPEG compression (a differentiable JPEG as the forward model); --measured: restore real .jpg files."""
+    return {**({} if quality is None else {"quality": quality}), "rounding": rounding}
 
 
 def _run(task: str, common: dict, task_opts: dict) -> int:

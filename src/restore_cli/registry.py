@@ -15,7 +15,7 @@ import torch
 
 from . import ops
 from .catalog import (ALL_TASKS, LINEAR_TASKS, METHODS, TASK_DEFAULTS, TASKS, MethodInfo, TaskInfo, UsageError,  # noqa: F401 - re-exported
-                      check_method, noise_unit, resolve_prompt)
+                      check_method, noise_unit, parse_then, resolve_prompt)
 from .rng import Generators
 
 
@@ -57,9 +57,18 @@ def parse_set(items: list[str], info: MethodInfo) -> dict[str, Any]:
 
 def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Generators, noise_sigma: float) -> ops.Operator:
     """The task's operator for a batch of images of ``shape`` (per-image random parameters from ``gens``);
-    ``noise_sigma`` in the papers' units (:func:`noise_unit`)."""
+    ``noise_sigma`` in the papers' units (:func:`noise_unit`).
+
+    ``opts["then"] = "jpeg:Q"``: the task's operator followed by JPEG compression (:class:`ops.Composed`,
+    noise added once, after both).  ``jpeg``: ``opts["tables"]`` (per image, ``[B, 2 or 1, 8, 8]``) and
+    ``opts["subsampling"]`` from a real file replace ``quality`` (measured mode)."""
     sigma_y = noise_sigma / noise_unit(task)[0]
     opts = {**TASK_DEFAULTS.get(task, {}), **opts}
+    if opts.get("then") is not None:
+        _, quality = parse_then(opts["then"])
+        first = build_operator(task, {k: v for k, v in opts.items() if k != "then"}, shape, gens, 0.0)
+        mid = ops.Composed._out_shape(first)
+        return ops.Composed(first, ops.JPEG(mid, quality, sigma_y=0.0), sigma_y)
     c, h, w = shape
     if task == "inpaint":
         mask = opts.get("mask", "box")
@@ -95,6 +104,10 @@ def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Gen
         return ops.PhaseRetrieval(shape, float(opts.get("oversample", 2.0)), sigma_y)
     if task == "hdr":
         return ops.HDR(shape, float(opts.get("hdr_scale", 2.0)), sigma_y)
+    if task == "jpeg":
+        tables = opts.get("tables")
+        return ops.JPEG(shape, int(opts.get("quality", 10)), None if tables is None else torch.as_tensor(tables),
+                        opts.get("subsampling") or "4:2:0", opts.get("rounding", "ste"), sigma_y=sigma_y)
     raise UsageError(f"unknown task {task!r}")
 
 

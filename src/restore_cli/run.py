@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
+from . import __version__, ops
 from .checks import RunConfig, check  # noqa: F401 - RunConfig is part of this module's API
 from .config import ModelSpec
 from .distributed import Shard, current, locked_update, output_lock  # noqa: F401 - output_lock: this module's API
@@ -75,7 +75,41 @@ def resolve(cfg: RunConfig) -> Plan:
     # solver construction validates the hyperparameters' values against the task (cheap, no model)
     return Plan(cfg, c.model, info, hp, dsg, device, dtype, c.images, c.restarts,
                 resolve_prompt(c.model, info.name, cfg.prompt), c.stems, dict(hp),
-                steps_warnings(info, hp) + dtype_warnings(dtype, device), shard)
+                steps_warnings(info, hp) + dtype_warnings(dtype, device) + jpeg_warnings(cfg), shard)
+
+
+def jpeg_warnings(cfg: RunConfig) -> list[str]:
+    """Measured JPEG takes each file's own tables: a --quality given is not used."""
+    if cfg.measured and cfg.task == "jpeg" and "quality" in cfg.task_opts:
+        return [f"--quality {cfg.task_opts['quality']} is ignored with --measured: each file's own quantisation tables "
+                "and chroma subsampling are used (recorded per image under 'operator')"]
+    return []
+
+
+def _measured_jpeg_key(plan: Plan, i: int):
+    """Measured JPEG: what must agree within a batch (chroma subsampling, number of tables); None otherwise."""
+    if not (plan.cfg.measured and plan.cfg.task == "jpeg"):
+        return None
+    try:
+        info = ops.jpeg_file_info(plan.images[i])
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"  # its own batch; _process reports the error
+    return info["subsampling"], len(info["tables"])
+
+
+def _measured_jpeg_opts(plan: Plan, idx: list[int], prepared: list, shape: tuple) -> dict:
+    """The JPEG operator's options from the batch's files: per-image tables and their (common) subsampling."""
+    c = shape[0]
+    infos = [ops.jpeg_file_info(plan.images[i]) for i in idx]
+    for i, (_, how, _), info in zip(idx, prepared, infos):
+        if how["fit"] != "none":
+            raise ValueError(f"a measured JPEG is restored on its own 8x8 block grid, but this {how['size'][0]}x"
+                             f"{how['size'][1]} image would be {how['fit']}d to the model's size: give images of the "
+                             "model's size, or --fit none")
+    if len({info["subsampling"] for info in infos}) > 1:
+        raise ValueError("files with different chroma subsampling in one batch")
+    tables = torch.tensor([info["tables"][:1 if c == 1 else 2] for info in infos], dtype=torch.float64)
+    return {"tables": tables.reshape(len(idx), -1, 8, 8), "subsampling": infos[0]["subsampling"]}
 
 
 def steps_warnings(info: MethodInfo, hp: dict) -> list[str]:
@@ -385,7 +419,8 @@ def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data
                 data["config"]["warnings"].append(msg)
                 emit("warning", {"message": msg})
         item = (i, img, info)
-        if batch and (len(batch) >= per_batch or batch[0][1].shape != img.shape):
+        if batch and (len(batch) >= per_batch or batch[0][1].shape != img.shape
+                      or _measured_jpeg_key(plan, batch[0][0]) != _measured_jpeg_key(plan, i)):
             run_batch(batch)
             batch = []
         batch.append(item)
@@ -419,7 +454,10 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
         emit("step", {"step": info.step, "total": info.total, "images": [stems[i] for i in idx]})
 
     emit("batch", {"images": [stems[i] for i in idx]})
-    sb = solve_batch(x, idx, task=cfg.task, task_opts=cfg.task_opts, noise_sigma=cfg.noise_sigma, seed=cfg.seed,
+    task_opts = cfg.task_opts
+    if cfg.measured and cfg.task == "jpeg":
+        task_opts = {**task_opts, **_measured_jpeg_opts(plan, idx, prepared, shape)}
+    sb = solve_batch(x, idx, task=cfg.task, task_opts=task_opts, noise_sigma=cfg.noise_sigma, seed=cfg.seed,
                      method_cls=plan.method.cls, prior=prior, dsg=plan.dsg, hparams=plan.hparams,
                      restarts=plan.restarts, rule=cfg.restart_rule, measured=cfg.measured, shape=shape,
                      on_step=on_step, samples=cfg.samples, chunk=cfg.batch_size)
