@@ -75,7 +75,7 @@ def resolve(cfg: RunConfig) -> Plan:
     # solver construction validates the hyperparameters' values against the task (cheap, no model)
     return Plan(cfg, c.model, info, hp, dsg, device, dtype, c.images, c.restarts,
                 resolve_prompt(c.model, info.name, cfg.prompt), c.stems, dict(hp),
-                steps_warnings(info, hp) + dtype_warnings(dtype, device) + jpeg_warnings(cfg), shard)
+                steps_warnings(info, hp, c.model.kind) + dtype_warnings(dtype, device) + jpeg_warnings(cfg), shard)
 
 
 def jpeg_warnings(cfg: RunConfig) -> list[str]:
@@ -112,9 +112,10 @@ def _measured_jpeg_opts(plan: Plan, idx: list[int], prepared: list, shape: tuple
     return {"tables": tables.reshape(len(idx), -1, 8, 8), "subsampling": infos[0]["subsampling"]}
 
 
-def steps_warnings(info: MethodInfo, hp: dict) -> list[str]:
-    """A warning when fewer steps are asked for than the method's step sizes were tuned for."""
-    tuned = info.cls.defaults.get(info.steps_key)
+def steps_warnings(info: MethodInfo, hp: dict, space: str = "pixel") -> list[str]:
+    """A warning when fewer steps are asked for than the method's step sizes were tuned for (on a ``space``
+    model; none for a method without step sizes, such as DDRM)."""
+    tuned = info.cls.tuned_steps(space, info.steps_key)
     steps = hp.get(info.steps_key)
     if not tuned or steps is None or steps >= tuned:
         return []

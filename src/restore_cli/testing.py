@@ -131,6 +131,7 @@ REAL_MODELS = ("ffhq-256", "imagenet-256", "ldm-ffhq-256", "ldm-celebahq-256", "
 # inner loops capped so that a 2-step run stays a wiring check (ReSample's optimisations run up to 500/2000
 # iterations per stage, DAPS 100 Langevin steps per annealing step); the sampler steps themselves are real
 TIER_CAPS = {"daps": ["--set", "langevin_steps=3", "--set", "ode_steps=2"],
+             "latent-daps": ["--set", "langevin_steps=3", "--set", "ode_steps=2"],
              "resample": ["--set", "latent_iters=3", "--set", "pixel_iters=3"],
              "p2l": ["--set", "prompt_steps=1"]}
 

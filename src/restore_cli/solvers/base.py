@@ -161,6 +161,11 @@ class Solver:
         self.hp = {**self.defaults, **self.defaults_for(prior, op.task_key), **hparams}
         self.n_backward = 0
 
+    @classmethod
+    def tuned_steps(cls, space: str, steps_key: str):
+        """The number of steps the method's step sizes are tuned for on a ``space`` model (None: it has none)."""
+        return cls.defaults.get(steps_key) if cls.guidance_keys else None
+
     def defaults_for(self, prior: Prior, task_key: str) -> dict:
         """Per-task (and per-model) overrides of ``defaults``, as the papers' codes set them."""
         return self.task_defaults.get(task_key, {}) if prior.space == "pixel" else self.latent_defaults

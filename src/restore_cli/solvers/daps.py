@@ -139,6 +139,12 @@ class DAPS(Solver):
         "phase_retrieval": {"lr": 5e-5}, "hdr": {"lr": 2e-5},
     }
 
+    @classmethod
+    def tuned_steps(cls, space, steps_key):
+        if space == "latent" and steps_key == "annealing_steps":
+            return LATENT["annealing_steps"]
+        return super().tuned_steps(space, steps_key)
+
     def defaults_for(self, prior, task_key):
         """Pixel: the V24 code's per-task learning rate; latent: the 2025 code's latent sampler and task group."""
         if prior.space == "pixel":
