@@ -129,3 +129,15 @@ def test_cli_then_usage_errors(grey, tmp_path):
                       (["inpaint", "--then", "jpeg:10", "--measured", "--mask", "box"], "--then with --measured")]:
         r = run(args[0], grey / "cam.png", *args[1:], "-o", tmp_path / "x")
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
+
+
+def test_a_composed_operator_copies_and_pickles():
+    import copy
+    import pickle
+
+    gens = make_generators(0, 1)
+    for first in (SuperResolution((3, 16, 16), 2, sigma_y=0.0), Inpainting(box_mask(16, 16, gens), 3, 0.0)):
+        op = Composed(first, JPEG((3, 8, 8) if first.name == "superres" else (3, 16, 16), 10))
+        x = torch.rand(1, 3, 16, 16)
+        for clone in (copy.deepcopy(op), pickle.loads(pickle.dumps(op))):
+            assert type(clone) is type(op) and torch.equal(clone.A(x), op.A(x))

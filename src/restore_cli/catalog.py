@@ -147,8 +147,8 @@ def check_method_options(info: MethodInfo, task: str, task_opts: dict, diffstate
     """What a method needs of the run's other options: DiffStateGrad needs a measurement gradient; DDRM
     needs the operator's SVD (a kernel file's separability is only known once it is read: ops.svd.svd_of)."""
     if diffstategrad and not info.gradient_guided:
-        raise UsageError(f"--diffstategrad: method {info.name!r} takes no measurement gradient to project "
-                         f"(methods that do: {', '.join(m.name for m in METHODS.values() if m.gradient_guided)})")
+        raise UsageError(f"--diffstategrad: method {info.name!r} takes no measurement gradient for DiffStateGrad "
+                         f"to project (methods that do: {', '.join(m.name for m in METHODS.values() if m.gradient_guided)})")
     if info.name == "ddrm" and task == "deblur":
         opts = {**TASK_DEFAULTS["deblur"], **task_opts}
         if opts["kernel"] == "motion" and opts["border"] != "circular":

@@ -126,8 +126,9 @@ class LinearOperator(Operator):
         identity it is ``z + A^T (A A^T + rho I)^{-1} (y - A z)``, solved in measurement space by
         :meth:`solve_AAt`: closed form where an operator has one (inpainting: ``(y + rho z) / (1 + rho)``
         on the observed pixels and ``z`` elsewhere; the circular blur in Fourier), preconditioned or
-        plain CG otherwise.  ``rho > 0`` (DiffPIR's ``rho_t``, DDS's ``gamma``: a weight on the data
-        term is ``1 / rho`` here).
+        plain CG otherwise (capped at ``solve_AAt``'s iterations: inaccurate for a tiny ``rho`` on an
+        ill-conditioned ``A``).  ``rho > 0`` (DiffPIR's ``rho_t``; a weight on the data term is ``1 / rho``
+        here).
         """
         if not rho > 0:
             raise ValueError(f"prox needs rho > 0, got {rho}")

@@ -31,8 +31,9 @@ class Composed(Operator):
 
     name = "composed"
 
-    def __new__(cls, first: Operator, second: Operator, sigma_y: float | None = None):
-        if cls is Composed and first.linear and second.linear:
+    def __new__(cls, *args, **kwargs):  # (first, second, sigma_y); no arguments when copied or unpickled
+        first, second = (list(args) + [kwargs.get("first"), kwargs.get("second")][len(args):])[:2]
+        if cls is Composed and first is not None and first.linear and second.linear:
             cls = LinearComposed
         return super().__new__(cls)
 

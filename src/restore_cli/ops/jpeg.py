@@ -1,18 +1,21 @@
 """JPEG compression as a forward model: ``y = decode(encode(x))``, differentiable.
 
-The pipeline is baseline JPEG as libjpeg (IJG, libjpeg-turbo, hence Pillow) runs it, on images in
+The pipeline is baseline JPEG as libjpeg-turbo (hence Pillow; and IJG libjpeg 6b: IJG 7+ upsamples
+chroma by DCT scaling instead) runs it, on images in
 ``[0, 1]`` scaled to 8-bit units (``255 x``):
 
 1. colour: RGB -> YCbCr with the JFIF (ITU-R BT.601 full-range) matrix, Cb/Cr offset by 128; a grey
    image is its own luma (one component, as libjpeg writes an ``L`` image);
 2. padding to whole MCUs by edge replication (libjpeg's ``expand_right_edge`` and bottom-row
-   copies): 8x8 for a grey image or 4:4:4, 16x16 for 4:2:0, 8 high and 16 wide for 4:2:2;
+   copies): 8x8 for a grey image or 4:4:4, 16x16 for 4:2:0, 8 high and 16 wide for 4:2:2; a
+   subsampled chroma plane is padded at the bottom as libjpeg's ``jcprepct.c`` does (the image's rows to
+   an even count, then the last downsampled row repeated);
 3. chroma subsampling (default 4:2:0, PiGDM App. B's "2 x 2 chroma subsampling"): the mean of each
    2x2 (4:2:0) or 1x2 (4:2:2) block, libjpeg's ``h2v2_downsample``/``h2v1_downsample``;
 4. per 8x8 block, level shift by -128 and the 2-D DCT-II (JPEG's FDCT is the orthonormal one);
 5. quantisation ``round(F / Q)`` by the luma table (Y) or the chroma table (Cb, Cr), then
    dequantisation ``Q * round(F / Q)``;
-6. IDCT, +128; chroma upsampled with libjpeg's default "fancy" (triangle) filter
+6. IDCT, +128, range-limited to 0..255 (``jidctint.c``); chroma upsampled with libjpeg's default "fancy" (triangle) filter
    (``h2v2_fancy_upsample``: weights 3/4, 1/4 per axis from the nearer and farther chroma sample,
    edges replicated) on the component's real ``ceil(H / 2) x ceil(W / 2)`` samples, or by
    replication (``upsampling="box"``); crop to ``H x W``;
@@ -212,7 +215,8 @@ class JPEG(Operator):
         q = table.to(p.dtype)[:, None, None]  # [Bt, 1, 1, 8, 8]
         coef = d @ _blocks(p - 128.0) @ d.T
         rnd = round_ste if self.rounding == "ste" else round_cubic
-        return _unblocks(d.T @ (q * rnd(coef / q)) @ d) + 128.0
+        # libjpeg range-limits every decoded sample to 0..255 (jidctint.c) before upsampling and colour conversion
+        return (_unblocks(d.T @ (q * rnd(coef / q)) @ d) + 128.0).clamp(0.0, 255.0)
 
     def A(self, x):  # noqa: N802
         b, c, h, w = x.shape
@@ -230,7 +234,11 @@ class JPEG(Operator):
         for k in (1, 2):
             ck = ycc[:, k] + 128.0
             if sv > 1 or sh > 1:
-                ck = F.avg_pool2d(ck[:, None], (sv, sh))[:, 0]
+                # libjpeg (jcprepct.c) pads the full-resolution rows only to the sampling factor, downsamples,
+                # then repeats the last downsampled row down to the block grid
+                rows = h + (-h % sv)
+                ck = F.avg_pool2d(ck[:, None, :rows], (sv, sh))
+                ck = F.pad(ck, (0, 0, 0, v.shape[-2] // sv - ck.shape[-2]), mode="replicate")[:, 0]
             ck = self._code_plane(ck, chroma_t) - 128.0
             # the component's real samples (libjpeg's downsampled_height/width), then upsampled and cropped
             ck = ck[:, :math.ceil(h / sv), :math.ceil(w / sh)]

@@ -193,6 +193,18 @@ class Solver:
         std = learned_noise_std(var.detach(), sigma, sigma_next) if var is not None and eta == 1 and sigma_next > 0 else None
         return ancestral_step(x.detach(), x0, sigma, sigma_next, noise, eta, noise_std=std)
 
+    def denoise(self, x: torch.Tensor, sigma, clip: bool | None = None) -> torch.Tensor:
+        """The prior's ``x0``; ``clip`` overrides a pixel prior's clipping to ``[-1, 1]`` for this call (None:
+        the prior's own), for solvers whose reference code does not clip (DDRM, DDS)."""
+        current = getattr(self.prior, "clip", None)
+        if clip is None or current is None or current == clip:
+            return self.prior.denoise(x, sigma)
+        self.prior.clip = clip
+        try:
+            return self.prior.denoise(x, sigma)
+        finally:
+            self.prior.clip = current
+
     def grad(self, out: torch.Tensor, wrt: torch.Tensor, grad_outputs=None) -> torch.Tensor:
         self.n_backward += 1
         (g,) = torch.autograd.grad(out, wrt, grad_outputs=grad_outputs)

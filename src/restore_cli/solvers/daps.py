@@ -96,6 +96,7 @@ LDM_TASKS = {
     "superres": _hmc(24, 1.35e-4, 0.023, 0.86),             # down_sampling.yaml
     "phase_retrieval": _hmc(65, 2.1e-5, 0.12, 0.41),        # phase_retrieval.yaml
     "hdr": _hmc(38, 4.52e-6, 0.015, 0.58),                  # hdr.yaml
+    "deblur_nonlinear": _hmc(80, 3.71e-6, 0.024, 0.91),     # nonlinear_blur.yaml
 }
 # ... and the `sd:` group (Stable Diffusion v1.5)
 SD_TASKS = {
@@ -106,6 +107,7 @@ SD_TASKS = {
     "superres": _hmc(30, 1e-4, 1.0, 0.45),
     "phase_retrieval": _hmc(95, 1.10e-4, 0.027, 0.47),
     "hdr": _hmc(45, 1.0e-5, 1.0, 0.7),
+    "deblur_nonlinear": _hmc(60, 1e-5, 1.0, 0.80),
 }
 # tasks the code has no config for: free-form and file masks take box inpainting's, other kernels Gaussian's
 _ALIASES = {"inpaint_freeform": "inpaint_box", "inpaint_file": "inpaint_box"}
@@ -137,6 +139,7 @@ class DAPS(Solver):
         "inpaint_box": {"lr": 5e-5}, "inpaint_freeform": {"lr": 5e-5}, "inpaint_file": {"lr": 5e-5}, "inpaint_random": {"lr": 1e-4},
         "deblur_gaussian": {"lr": 1e-4}, "deblur_motion": {"lr": 5e-5}, "superres": {"lr": 1e-4},
         "phase_retrieval": {"lr": 5e-5}, "hdr": {"lr": 2e-5},
+        "deblur_nonlinear": {"lr": 5e-5},  # nonlinear_blur.yaml (100 Langevin steps, the default)
     }
 
     @classmethod

@@ -71,17 +71,6 @@ class DDRM(Solver):
     def sigmas(self):
         return self.prior.schedule.ddim_sigmas(int(self.hp["steps"]))
 
-    def denoise(self, x, sigma):
-        """The prior's ``x0``, clipped to ``[-1, 1]`` only with ``clip_x0`` (the code does not clip)."""
-        clip = getattr(self.prior, "clip", None)
-        if clip is None or clip == bool(self.hp["clip_x0"]):
-            return self.prior.denoise(x, sigma)
-        self.prior.clip = bool(self.hp["clip_x0"])
-        try:
-            return self.prior.denoise(x, sigma)
-        finally:
-            self.prior.clip = clip
-
     def spectral_measurement(self, y, like):
         """``(U^T y_m, y_bar, s)`` in the spectral layout, the same at every step: cached per measurement."""
         cached = getattr(self, "_spec", None)
@@ -104,7 +93,7 @@ class DDRM(Solver):
 
     def step(self, i, x, y, sigma, sigma_next, gens):
         with torch.no_grad():
-            x0 = self.denoise(x.detach(), sigma)
+            x0 = self.denoise(x.detach(), sigma, clip=bool(self.hp["clip_x0"]))  # the code does not clip
             if sigma_next <= 0:
                 return x0, x0
             uty, ybar, s, obs = self.spectral_measurement(y, x)

@@ -30,7 +30,12 @@ Defaults and where they come from (``HJ-harry/DDS``, ``solver_2d.py``, ``main.py
   1000, skip)``): P2L's natural-image comparison (100 NFE); the code's medical scripts use 50.
 * CG stops early only at a relative residual of ``default_tol`` (the code: an absolute ``1e-5``).
 
-Differences: our pixel priors clip ``x0`` to ``[-1, 1]``; the code's ``x0_t`` is not clipped.
+* ``clip_x0`` = false: the code's ``x0_t`` (and so its ``eps``) is not clipped to ``[-1, 1]``, which the
+  pixel priors do for the other solvers.
+
+Differences: the code's last step sets ``x`` to the noise-free ``x0'`` one step early and then takes a
+step at ``t = 0``; ours renoises that step (``sigma`` of ``t = 0``, about 0.01) and returns the next
+``x0'``.
 DiffStateGrad is refused (``gradient_guided = False``): DDS never differentiates the network, and its
 CG step is a Krylov-subspace solve, not a gradient on the state that a projection could act on.
 """
@@ -53,7 +58,7 @@ class DDS(Solver):
     paper = "Chung, Lee & Ye 2024, Decomposed Diffusion Sampler for Accelerating Large-Scale Inverse Problems"
     gradient_guided = False
     linear_only = True
-    defaults = {"steps": 100, "eta": 0.85, "gamma": 1.0, "cg_iters": 5, "renoise": "code"}
+    defaults = {"steps": 100, "eta": 0.85, "gamma": 1.0, "cg_iters": 5, "renoise": "code", "clip_x0": False}
     choices = {"renoise": RENOISE}
     guidance_keys = ("gamma",)
 
@@ -87,7 +92,7 @@ class DDS(Solver):
     @torch.no_grad()
     def step(self, i: int, x: torch.Tensor, y: torch.Tensor, sigma: float, sigma_next: float,
              gens: Generators) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = self.prior.denoise(x, sigma)
+        x0 = self.denoise(x, sigma, clip=bool(self.hp["clip_x0"]))  # the code's x0_t is not clipped
         eps = (x - x0) / sigma
         x0_hat = self.data_step(x0, y)
         if sigma_next <= 0:

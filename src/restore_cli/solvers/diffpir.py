@@ -11,9 +11,13 @@ Algorithm 1 (half-quadratic splitting with the diffusion model as the prior's de
 
 (P2L App. D.3, Eq. 55/56, writes the same step.)  In our variance-exploding convention ``eps_hat =
 (x - x0_hat) / sigma`` and the step is ``x_next = x0_hat + sigma_next (sqrt(1 - zeta) eps_hat +
-sqrt(zeta) eps)``.  The data step is solved exactly: ``LinearOperator.prox`` (closed form for inpainting,
-Woodbury through ``solve_AAt`` -- Fourier or preconditioned CG -- for blur and super-resolution), where
-the code uses FFT closed forms of circular blur/SR and the mask formula.  The problem is affine-invariant
+sqrt(zeta) eps)``.  The data step is ``LinearOperator.prox``: exact for inpainting (the mask formula),
+circular blur (Fourier) and super-resolution (CG, to 1e-7), where the code uses FFT closed forms of
+circular blur/SR and the mask formula.  For a blur with a reflect or zeros border (the CLI's default
+border; DiffPIR's code blurs with ``mode='wrap'`` for its closed form) it is DCT-preconditioned CG capped
+at 100 iterations, which is accurate for ``rho_t >= 1e-3`` (error <= 6e-6) but not in the earliest steps
+of a nearly noiseless measurement (``rho_t`` down to ~1e-10; measured error 0.02-0.5 for ``rho_t`` =
+1e-5-1e-9 on a 48x48 image): use ``--border circular`` to run the code's exact step.  The problem is affine-invariant
 (both terms scale alike between ``[0, 1]`` and ``[-1, 1]`` images), so the units it is solved in do not
 matter; ``rho_t`` does: as in the code (``main_ddpir*.py``), ``sigma_n`` is the measurement noise std in
 ``[0, 1]`` image units floored at 0.001 (``sigma = max(0.001, noise_level_img)``: a noiseless
@@ -27,8 +31,9 @@ Defaults, from the released code (``yuanzhi-zhu/DiffPIR``):
   papers' tables 100); ``skip="uniform"`` gives the code's uniform grid (``steps + 1`` levels).
 * per task (``lambda``, ``zeta``): deblur (7, 0.3) -- ``main_ddpir_deblur.py``, ``main_ddpir.py`` and
   P2L D.3 agree; inpaint (1, 1.0) -- ``main_ddpir_inpainting.py`` and ``configs/inpaint.yaml`` (P2L
-  D.3 used lambda = 7); super-resolution (35, 0.35) -- P2L D.3 (SR x8), the only single pair published:
-  the code sweeps ``lambda = 2 .. 12`` at ``zeta = 0.25`` for SR x4.
+  D.3 used lambda = 7); super-resolution (35, 0.35) -- P2L D.3 (SR x8) and the code's ImageNet comment
+  in ``main_ddpir_sisr.py`` (its FFHQ comment: (15, 0.25)); the code sweeps ``lambda = 2 .. 12`` at
+  ``zeta = 0.25`` for SR x4.
 * the last timestep: the code evaluates the model at ``t = 0`` but uses neither that estimate nor a data
   step, returning ``x_0`` itself (noise std ``sqrt(1 - abar_0)`` = 0.01 in ``[-1, 1]`` units); we do the
   same without the unused evaluation, so ``steps`` levels cost ``steps - 1`` evaluations.
@@ -96,6 +101,8 @@ class DiffPIR(Solver):
             raise ValueError(f"diffpir: zeta must be in [0, 1], got {self.hp['zeta']}")
         if not float(self.hp["lambda"]) > 0:
             raise ValueError(f"diffpir: lambda must be > 0, got {self.hp['lambda']}")
+        if int(self.hp["steps"]) < 2 and not self.hp["final_prox"]:
+            raise ValueError("diffpir needs steps >= 2 (its last level is returned as it is), or --set final_prox=true")
         self.sigma_n = max(SIGMA_N_FLOOR, op.sigma_y)
 
     def defaults_for(self, prior, task_key):
