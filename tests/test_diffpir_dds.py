@@ -145,7 +145,8 @@ def test_per_task_defaults():
     inp = Inpainting(torch.ones(1, 1, 8, 8), 1)
     assert DiffPIR(prior, inp).hp["zeta"] == 1.0
     assert DiffPIR(prior, inp, zeta=0.5).hp["zeta"] == 0.5
-    assert DDS(prior, blur).hp == {"steps": 100, "eta": 0.85, "gamma": 1.0, "cg_iters": 5, "renoise": "code"}
+    assert DDS(prior, blur).hp == {"steps": 100, "eta": 0.85, "gamma": 1.0, "cg_iters": 5, "renoise": "code",
+                                "clip_x0": False}
     with pytest.raises(ValueError, match="zeta"):
         DiffPIR(prior, inp, zeta=1.5)
 

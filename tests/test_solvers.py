@@ -49,7 +49,8 @@ def test_hyperparameters_are_validated():
         DPS(prior, op, zeta_typo=1.0)
     assert DPS(prior, op).hp["zeta"] == 0.5  # DPS's inpainting default
     assert DAPS(prior, op).hp["lr"] == 5e-5  # DAPS's box-inpainting default
-    assert set(SOLVERS) == {"dps", "pigdm", "daps", "gml-dps", "psld", "resample", "p2l", "diffpir", "dds", "pseudo-inverse", "posterior-mean"}
+    assert set(SOLVERS) == {"dps", "pigdm", "daps", "gml-dps", "psld", "resample", "p2l", "ddrm", "diffpir", "dds",
+                           "pseudo-inverse", "posterior-mean", "posterior-sample"}
 
 
 def test_pigdm_nonlinear_hdr_uses_h_dagger():
