@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from PIL import Image
 
 from . import __version__, ops
 from .checks import RunConfig, check  # noqa: F401 - RunConfig is part of this module's API
@@ -102,6 +103,12 @@ def _measured_jpeg_opts(plan: Plan, idx: list[int], prepared: list, shape: tuple
     c = shape[0]
     infos = [ops.jpeg_file_info(plan.images[i]) for i in idx]
     for i, (_, how, _), info in zip(idx, prepared, infos):
+        with Image.open(plan.images[i]) as im:
+            orientation = im.getexif().get(0x0112, 1)
+        if orientation not in (None, 1):  # the image is read upright, but its blocks and tables are not
+            raise ValueError(f"this JPEG has EXIF orientation {orientation}: its 8x8 blocks and chroma sampling are "
+                             "those of the stored, unrotated image; rotate it losslessly first (exiftran -a, or "
+                             "jpegtran -perfect) and restore that")
         if how["fit"] != "none":
             raise ValueError(f"a measured JPEG is restored on its own 8x8 block grid, but this {how['size'][0]}x"
                              f"{how['size'][1]} image would be {how['fit']}d to the model's size: give images of the "
@@ -236,7 +243,8 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
         "config": {
             "task": cfg.task, "mode": "measured" if cfg.measured else "reference",
             "operator": {"task_options": {k: (str(v) if isinstance(v, Path) else v)
-                                          for k, v in {**TASK_DEFAULTS[cfg.task], **cfg.task_opts}.items()},
+                                          for k, v in {**TASK_DEFAULTS[cfg.task], **cfg.task_opts}.items()
+                                          if not (cfg.measured and cfg.task == "jpeg" and k == "quality")},
                          "noise_sigma": cfg.noise_sigma, "noise_unit": noise_unit(cfg.task)[1],
                          "sigma_y_01": cfg.noise_sigma / noise_unit(cfg.task)[0]},
             "method": {"name": plan.method.name, "overrides": plan.overrides, "hyperparameters": None,
@@ -330,17 +338,29 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
 
 def _plan_records(plan: Plan, out: Path, config: dict) -> tuple[list[dict], list[dict], list[int]]:
     """(an earlier run's records of other images, kept; one record per input: skipped or pending; the
-    indices of the inputs still to do)."""
+    indices of the inputs still to do).
+
+    An existing output is skipped only when the earlier run's record says it is this input's finished
+    result; if it is its unfinished one (pending, failed), it is redone; if the record gives it to another
+    input (``x/a.png`` then ``y/a.png`` into one folder) or no record names it, the run is refused."""
     cfg = plan.cfg
     previous = _previous_records(plan, out, config)
     ours = {str(p) for p in plan.images}
-    carried = [r for k, r in previous.items() if k not in ours]  # an earlier run's other images: kept
+    outputs = {str(out / f"{stem}.png") for stem in plan.stems}
+    made_from = {r.get("output"): k for k, r in previous.items()}
+    # an earlier run's other images are kept, unless this run writes their output (their file is gone)
+    carried = [r for k, r in previous.items() if k not in ours and r.get("output") not in outputs]
     records: list[dict] = []
     todo = []
     for i, (p, stem) in enumerate(zip(plan.images, plan.stems)):
-        if not cfg.overwrite and (out / f"{stem}.png").exists():
-            rec = dict(previous.get(str(p), {}))
-            rec.update({"input": str(p), "output": str(out / f"{stem}.png"), "status": "skipped"})
+        path = str(out / f"{stem}.png")
+        prev = previous.get(str(p))
+        if not cfg.overwrite and Path(path).exists() and (prev is None or prev.get("output") != path):
+            origin = f"it was made from {made_from[path]}" if path in made_from else "no record in metrics.json names it"
+            raise UsageError(f"{path} exists but is not the result of {p} ({origin}); use another -o, or --overwrite")
+        if not cfg.overwrite and Path(path).exists() and prev.get("status") in ("ok", "skipped"):
+            rec = dict(prev)
+            rec.update({"input": str(p), "output": path, "status": "skipped"})
         else:
             rec = {"input": str(p), "output": str(out / f"{stem}.png"), "status": "pending", "error": None}
             todo.append(i)
