@@ -7,7 +7,6 @@ combination is a usage error (exit code 2) found at once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
