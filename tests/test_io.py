@@ -379,7 +379,7 @@ def test_side_by_side_keeps_large_images():
 def test_16bit_colour_tiff_through_pillow_alone(tmp_path, monkeypatch, c):
     # without tifffile, contiguous 16-bit colour TIFFs still read at full precision through Pillow
     tifffile = pytest.importorskip("tifffile")
-    import restore_cli.writing as rio
+    import restore_cli.io as rio
 
     monkeypatch.setattr(rio, "_tiff_colour16", lambda im: None)
     a = _rand16((10, 12, c), seed=7)
