@@ -141,3 +141,27 @@ def test_a_composed_operator_copies_and_pickles():
         x = torch.rand(1, 3, 16, 16)
         for clone in (copy.deepcopy(op), pickle.loads(pickle.dumps(op))):
             assert type(clone) is type(op) and torch.equal(clone.A(x), op.A(x))
+
+
+def test_out_shape_is_the_measurements_shape():
+    """Every operator's out_shape (what a composition checks, without running the operator) equals A's."""
+    from restore_cli.ops import HDR, PhaseRetrieval
+
+    gens = make_generators(0, 1)
+    shape = (3, 16, 24)
+    for op in (SuperResolution(shape, 4), SuperResolution(shape, 2, "avgpool"), Inpainting(box_mask(16, 24, gens), 3),
+               Blur(gaussian_kernel(5, 1.0), shape), HDR(shape), PhaseRetrieval(shape), JPEG(shape, 10),
+               Composed(SuperResolution(shape, 2, sigma_y=0.0), JPEG((3, 8, 12), 10))):
+        assert tuple(op.A(torch.rand(1, *shape)).shape[1:]) == tuple(op.out_shape), op.name
+
+
+def test_then_is_recorded_as_parsed(tmp_path):
+    """`--then JPEG:010` is `jpeg:10`: a rerun spelled either way resumes."""
+    src = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), (120, 80, 40)).save(src)
+    out = tmp_path / "out"
+    args = ["superres", str(src), "--scale", "2", "--model", "gaussian", "--method", "pseudo-inverse", "-o", str(out)]
+    assert CliRunner().invoke(app, [*args, "--then", "JPEG:010"]).exit_code == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["operator"]["task_options"]["then"] == "jpeg:10"
+    r = CliRunner().invoke(app, [*args, "--then", "jpeg:10"])
+    assert r.exit_code == 0, r.output

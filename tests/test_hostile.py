@@ -140,6 +140,38 @@ def test_inputs_that_would_map_to_one_name_are_refused(tmp_path):
     assert r.exit_code == 2 and "rename one" in r.output and one_line(r.output)
 
 
+def test_names_that_clash_twice_are_resolved_or_refused_never_a_traceback(tmp_path):
+    """``x/a.png``, ``y/a.jpg`` and ``a.png.png``: a.png/a.jpg clash, then a.png with a.png.png's stem."""
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+    photo(tmp_path / "x" / "a.png", 0)
+    Image.open(photo(tmp_path / "t.png", 1)).save(tmp_path / "y" / "a.jpg")
+    photo(tmp_path / "a.png.png", 2)
+    r = run("inpaint", tmp_path / "x" / "a.png", tmp_path / "y" / "a.jpg", tmp_path / "a.png.png", *FAST,
+            "-o", tmp_path / "out")
+    assert r.exit_code in (0, 2) and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
+    if r.exit_code == 0:
+        outs = [x["output"] for x in metrics(tmp_path / "out")["images"]]
+        assert len(set(outs)) == 3
+
+
+def test_a_rerun_never_takes_another_inputs_result_as_done(tmp_path):
+    """x/a.png restored into a folder, then y/a.png (another image of the same name) into it: refused, the
+    earlier result untouched (it was a.png's of x, not y's)."""
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+    photo(tmp_path / "x" / "a.png", 0)
+    photo(tmp_path / "y" / "a.png", 1)
+    out = tmp_path / "out"
+    assert run("inpaint", tmp_path / "x" / "a.png", *FAST, "-o", out).exit_code == 0
+    before = digest(out)
+    r = run("inpaint", tmp_path / "y" / "a.png", *FAST, "-o", out)
+    assert r.exit_code == 2 and "is not the result of" in r.output and "x/a.png" in r.output, r.output
+    assert digest(out) == before
+    assert run("inpaint", tmp_path / "x" / "a.png", *FAST, "-o", out).exit_code == 0  # its own: skipped
+    assert metrics(out)["images"][0]["status"] == "skipped"
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_output_folder_equal_to_the_input_folder_is_refused(tmp_path, overwrite):
     d = tmp_path / "in"
@@ -351,3 +383,10 @@ def test_posterior_mean_reports_its_convergence(tmp_path):
             "-o", tmp_path / "o2")
     assert r.exit_code == 0 and "not exact" in r.output and "RuntimeWarning" not in r.output
     assert metrics(tmp_path / "o2")["images"][0]["cg"]["converged"] is False
+
+
+def test_measured_nonlinear_blur_is_refused(tmp_path):
+    (tmp_path / "k.pth").write_bytes(b"x")
+    r = run("deblur", photo(tmp_path / "a.png", 0), "--kernel", "nonlinear", "--kernel-model", tmp_path / "k.pth",
+            "--measured", "--method", "dps", "-o", tmp_path / "out")
+    assert r.exit_code == 2 and "clean reference images" in r.output and one_line(r.output), r.output

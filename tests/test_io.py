@@ -312,7 +312,7 @@ def test_concurrent_writers_leave_a_valid_png_and_no_temporary_files(tmp_path):
     out = read_image(p)
     assert any(torch.allclose(out, im, atol=1 / 255) for im in imgs)
     assert sorted(x.name for x in p.parent.iterdir()) == ["same.png"]
-    import restore_cli.io as rio
+    import restore_cli.writing as rio
 
     assert p.stat().st_mode & 0o777 == 0o666 & ~rio._umask()  # as a plainly created file, not mkstemp's 0600
 
@@ -321,7 +321,7 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     p = tmp_path / "x.png"
     with pytest.raises(ValueError):
         write_png(p, torch.zeros(5, 4, 4))  # 5 channels: refused before any file
-    import restore_cli.io as rio
+    import restore_cli.writing as rio
 
     def boom(a):
         raise RuntimeError("disk full")

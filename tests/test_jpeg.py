@@ -1,6 +1,7 @@
 """JPEG as a forward model (ops/jpeg.py) against Pillow's real codec (libjpeg), and `restore jpeg` end to end."""
 
 import io
+from pathlib import Path
 import json
 
 import numpy as np
@@ -213,6 +214,26 @@ def test_cli_jpeg_measured_reads_the_files_tables(grey, tmp_path):
     with Image.open(grey / "cam2.jpg") as im:
         decoded = np.asarray(im)
     assert np.array_equal(np.asarray(Image.open(out / "cam2.measurement.png")), decoded)
+
+
+def test_cli_jpeg_measured_refuses_a_rotated_file_and_records_no_quality(grey, tmp_path):
+    """A JPEG with an EXIF rotation: its blocks and tables are the stored image's, not the upright one we
+    read, so that image fails with a hint (the others run); --quality is not recorded in measured mode."""
+    d = tmp_path / "in"
+    d.mkdir()
+    with Image.open(grey / "cam2.jpg") as im:
+        exif = im.getexif()
+        exif[0x0112] = 6
+        im.save(d / "rot.jpg", quality=15, exif=exif.tobytes())
+    (d / "ok.jpg").write_bytes((grey / "cam2.jpg").read_bytes())
+    out = tmp_path / "m"
+    r = run("jpeg", d, "--measured", "--model", "fmnist-ddpm-32", "--method", "pseudo-inverse", "-o", out, "-q")
+    assert r.exit_code == 1, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    status = {Path(x["input"]).name: x for x in m["images"]}
+    assert status["ok.jpg"]["status"] == "ok" and status["rot.jpg"]["status"] == "failed"
+    assert "EXIF orientation 6" in status["rot.jpg"]["error"]
+    assert "quality" not in m["config"]["operator"]["task_options"]
 
 
 def test_cli_jpeg_usage_errors(grey, tmp_path):

@@ -77,6 +77,10 @@ METHODS: dict[str, MethodInfo] = {
     "posterior-mean": MethodInfo("posterior-mean", "PosteriorMean", ("pixel",), LINEAR_TASKS, "steps", "0",
                                  "Baseline: exact posterior mean under an analytic Gaussian model (Wiener filter)",
                                  default_model="analytic", gradient_guided=False),
+    "posterior-sample": MethodInfo("posterior-sample", "PosteriorSample", ("pixel",), LINEAR_TASKS, "steps", "0",
+                                   "Baseline: exact posterior sample under an analytic Gaussian model (Matheron's rule; "
+                                   "with --samples N, the reference mean and std map)",
+                                   default_model="analytic", gradient_guided=False),
 }
 
 
@@ -133,7 +137,7 @@ def check_method(method: str, task: str, model: ModelSpec) -> MethodInfo:
     if model.kind not in info.spaces:
         raise UsageError(f"method {method!r} needs a {' or '.join(info.spaces)} model; "
                          f"{model.name!r} is a {model.kind} model")
-    if info.name == "posterior-mean" and model.source != "analytic":
+    if info.name in ("posterior-mean", "posterior-sample") and model.source != "analytic":
         raise UsageError(f"method {method!r} needs an analytic Gaussian model (gaussian, gaussian-grey, "
                          f"gaussian-fmnist); {model.name!r} is not one")
     return info

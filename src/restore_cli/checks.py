@@ -144,7 +144,7 @@ def check_options(cfg: RunConfig) -> None:
     _number("--oversample", o.get("oversample"), 0, 16, lo_open=True)
     _number("--quality", o.get("quality"), *JPEG_QUALITY_RANGE, integer=True)
     if o.get("then") is not None:
-        parse_then(o["then"])
+        o["then"] = "jpeg:%d" % parse_then(o["then"])[1]  # recorded as parsed: JPEG:010 is jpeg:10
         if cfg.task not in THEN_TASKS:
             raise UsageError(f"--then applies to {', '.join(THEN_TASKS)}, not {cfg.task}")
         if cfg.measured:
@@ -164,6 +164,10 @@ def check_options(cfg: RunConfig) -> None:
                              "(README, 'Non-linear blur', says where to get it)")
         if not Path(km).is_file():
             raise UsageError(f"--kernel-model {km}: no such file")
+        o["kernel_model"] = str(Path(km).resolve())  # recorded as one path, however it was given
+        if cfg.measured:
+            raise UsageError("--kernel nonlinear draws a random blur for a clean image; a measured (really blurred) "
+                             "photo's blur is not known to it: give clean reference images")
     elif km is not None:
         raise UsageError("--kernel-model applies to --kernel nonlinear only")
     if cfg.measured and not TASKS[cfg.task].measured:
@@ -220,7 +224,7 @@ def output_stems(images: list[Path], samples: int = 1) -> list[str]:
         return output_names(stem, samples)
 
     stems = [p.stem for p in images]
-    for _ in range(2):
+    while True:  # each round gives clashing inputs their full names; it ends when nothing clashes or changes
         owners: dict[str, list[int]] = {}
         for i, s in enumerate(stems):
             for n in names(s):
@@ -228,11 +232,10 @@ def output_stems(images: list[Path], samples: int = 1) -> list[str]:
         clash = {i for own in owners.values() if len(own) > 1 for i in own}
         if not clash:
             return stems
-        stems = [images[i].name if i in clash else s for i, s in enumerate(stems)]
-    owners = {}
-    for i, s in enumerate(stems):
-        for n in names(s):
-            owners.setdefault(n.lower(), []).append(i)
+        renamed = [images[i].name if i in clash else s for i, s in enumerate(stems)]
+        if renamed == stems:
+            break
+        stems = renamed
     a, b = next(own for own in owners.values() if len(own) > 1)[:2]
     raise UsageError(f"{images[a]} and {images[b]} would both be written as {stems[a]}.png in the output folder; "
                      "rename one or restore them in separate runs")

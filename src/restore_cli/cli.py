@@ -88,7 +88,7 @@ COMMON = [
         "--noise-sigma", help=escape("Measurement noise std in the papers' units: on [-1, 1] images, as their codes add it "
         "(phase retrieval: on |FFT| of [0, 1] images, as DAPS). 0.01: DiffStateGrad's tables; 0.05: DPS's and DAPS's."))]),
     P("batch_size", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
-        "--batch-size", help="Images per batch.")]),
+        "--batch-size", help="Images per batch (with --samples N: solves per batch, an image being N of them).")]),
     P("samples", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
         "--samples", help="Posterior samples per image: writes each (<stem>.sample-K.png), their mean as <stem>.png "
         "and their per-pixel std (<stem>.std.png, <stem>.std.npy).")]),

@@ -7,7 +7,6 @@ combination is a usage error (exit code 2) found at once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Gen
     if opts.get("then") is not None:
         _, quality = parse_then(opts["then"])
         first = build_operator(task, {k: v for k, v in opts.items() if k != "then"}, shape, gens, 0.0)
-        mid = ops.Composed._out_shape(first)
+        mid = first.out_shape
         return ops.Composed(first, ops.JPEG(mid, quality, sigma_y=0.0), sigma_y)
     c, h, w = shape
     if task == "inpaint":

@@ -17,9 +17,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
+from PIL import Image
 
 from . import __version__, ops
 from .checks import RunConfig, check  # noqa: F401 - RunConfig is part of this module's API
@@ -32,6 +33,7 @@ from .metrics import LPIPS, lpips_status, measurement_residual
 from .catalog import TASK_DEFAULTS
 from .registry import MethodInfo, UsageError, noise_unit, parse_set, resolve_device, resolve_dtype, resolve_prompt
 from .report import SCHEMA_VERSION, environment, summarize
+from .resume import RESULT_KEYS, config_differences, plan_records  # noqa: F401 - this module's API
 from .samples import Moments, pixel_std, std_colours, std_figure, with_colour_bar
 from .solvers import DiffStateGrad, StepInfo
 
@@ -102,6 +104,12 @@ def _measured_jpeg_opts(plan: Plan, idx: list[int], prepared: list, shape: tuple
     c = shape[0]
     infos = [ops.jpeg_file_info(plan.images[i]) for i in idx]
     for i, (_, how, _), info in zip(idx, prepared, infos):
+        with Image.open(plan.images[i]) as im:
+            orientation = im.getexif().get(0x0112, 1)
+        if orientation not in (None, 1):  # the image is read upright, but its blocks and tables are not
+            raise ValueError(f"this JPEG has EXIF orientation {orientation}: its 8x8 blocks and chroma sampling are "
+                             "those of the stored, unrotated image; rotate it losslessly first (exiftran -a, or "
+                             "jpegtran -perfect) and restore that")
         if how["fit"] != "none":
             raise ValueError(f"a measured JPEG is restored on its own 8x8 block grid, but this {how['size'][0]}x"
                              f"{how['size'][1]} image would be {how['fit']}d to the model's size: give images of the "
@@ -129,29 +137,6 @@ def dtype_warnings(dtype: torch.dtype, device: torch.device) -> list[str]:
         return ["bf16 on the CPU is emulated by most processors and can be far slower than fp32 "
                 "(2 DPS steps of ddpm-celebahq-256 did not finish in 2000 s, against 110 s in fp32); use --dtype fp32"]
     return []
-
-
-# the parts of metrics.json's "config" that decide the results: a rerun resumes only when they all match
-RESULT_KEYS = (("task",), ("mode",), ("operator", "task_options"), ("operator", "noise_sigma"), ("method", "name"),
-               ("method", "overrides"), ("method", "diffstategrad"), ("restarts",), ("model", "name"),
-               ("model", "revision"), ("model", "prompt"), ("seed",), ("dtype",), ("fit",), ("lpips", "net"),
-               ("samples",))
-# what a key missing from an earlier run's config meant (it predates the key)
-RESULT_DEFAULTS = {("samples",): 1}
-
-
-def _get(d: dict, path: tuple):
-    top = d
-    for k in path:
-        d = d.get(k) if isinstance(d, dict) else None
-    if d is None and path in RESULT_DEFAULTS and isinstance(top, dict):
-        return RESULT_DEFAULTS[path]
-    return d
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """``key: old -> new`` for every result-deciding setting that differs between two runs' configs."""
-    return [f"{'.'.join(k)}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in RESULT_KEYS if _get(old, k) != _get(new, k)]
 
 
 @dataclass
@@ -194,36 +179,6 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
         return _execute(plan, out, emit, tqdm_class)
 
 
-def _previous_records(plan: Plan, out: Path, config: dict) -> dict[str, dict]:
-    """The records of an earlier run into ``out`` to resume from (by input), after checking that it ran
-    with the same result-deciding settings; a UsageError names what differs."""
-    cfg = plan.cfg
-    metrics_path = out / "metrics.json"
-    if cfg.overwrite:
-        return {}
-    done = [s for s in plan.stems if (out / f"{s}.png").exists()]
-    if not metrics_path.exists():
-        if done:
-            raise UsageError(f"{out} holds restored images ({done[0]}.png, ...) but no metrics.json saying how they "
-                             "were made; use --overwrite to redo them, or another -o")
-        return {}
-    try:
-        old = json.loads(metrics_path.read_text())
-        old_config, old_images = old["config"], old.get("images", [])
-        version = old.get("schema_version", 0)
-    except Exception as e:  # noqa: BLE001
-        raise UsageError(f"{metrics_path} is not a readable restore metrics file ({type(e).__name__}); "
-                         "use --overwrite to start over, or another -o") from None
-    if version < 2:
-        raise UsageError(f"{out} holds results of an older restore (metrics schema {version}); "
-                         "use --overwrite to redo them with this one, or another -o")
-    diff = config_differences(old_config, config)
-    if diff:
-        raise UsageError(f"{out} holds results made with other settings ({'; '.join(diff)}); "
-                         "use --overwrite to redo them with these, or another -o")
-    return {r["input"]: r for r in old_images if isinstance(r, dict) and "input" in r}
-
-
 def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
     cfg = plan.cfg
     metrics_path = out / "metrics.json"
@@ -236,7 +191,8 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
         "config": {
             "task": cfg.task, "mode": "measured" if cfg.measured else "reference",
             "operator": {"task_options": {k: (str(v) if isinstance(v, Path) else v)
-                                          for k, v in {**TASK_DEFAULTS[cfg.task], **cfg.task_opts}.items()},
+                                          for k, v in {**TASK_DEFAULTS[cfg.task], **cfg.task_opts}.items()
+                                          if not (cfg.measured and cfg.task == "jpeg" and k == "quality")},
                          "noise_sigma": cfg.noise_sigma, "noise_unit": noise_unit(cfg.task)[1],
                          "sigma_y_01": cfg.noise_sigma / noise_unit(cfg.task)[0]},
             "method": {"name": plan.method.name, "overrides": plan.overrides, "hyperparameters": None,
@@ -259,7 +215,7 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
     verdict = None
     if shard.main:
         try:
-            verdict = _plan_records(plan, out, data["config"])
+            verdict = plan_records(plan, out, data["config"])
         except UsageError as e:
             verdict = str(e)
     verdict = shard.broadcast(verdict)
@@ -326,26 +282,6 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
         shard.barrier()
         data.update(json.loads(metrics_path.read_text()))
     return Report(data, metrics_path)
-
-
-def _plan_records(plan: Plan, out: Path, config: dict) -> tuple[list[dict], list[dict], list[int]]:
-    """(an earlier run's records of other images, kept; one record per input: skipped or pending; the
-    indices of the inputs still to do)."""
-    cfg = plan.cfg
-    previous = _previous_records(plan, out, config)
-    ours = {str(p) for p in plan.images}
-    carried = [r for k, r in previous.items() if k not in ours]  # an earlier run's other images: kept
-    records: list[dict] = []
-    todo = []
-    for i, (p, stem) in enumerate(zip(plan.images, plan.stems)):
-        if not cfg.overwrite and (out / f"{stem}.png").exists():
-            rec = dict(previous.get(str(p), {}))
-            rec.update({"input": str(p), "output": str(out / f"{stem}.png"), "status": "skipped"})
-        else:
-            rec = {"input": str(p), "output": str(out / f"{stem}.png"), "status": "pending", "error": None}
-            todo.append(i)
-        records.append(rec)
-    return carried, records, todo
 
 
 def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data: dict, flush, emit: Events,

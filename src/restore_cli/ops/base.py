@@ -58,6 +58,11 @@ class Operator(nn.Module):
             y = y + self.sigma_y * randn_like(y, gens)
         return y
 
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        """The shape of one measurement: the image's for the image-valued operators (most of them)."""
+        return self.in_shape
+
     def visualize(self, y: torch.Tensor) -> torch.Tensor:
         """A measurement as a viewable image in ``[0, 1]`` (for ``<stem>.measurement.png``)."""
         return y.clamp(0, 1)

@@ -20,7 +20,6 @@ operator's, added once at the end): here ``sigma_y`` is the composition's own (b
 
 from __future__ import annotations
 
-import torch
 
 from .base import LinearOperator, Operator
 
@@ -39,18 +38,15 @@ class Composed(Operator):
 
     def __init__(self, first: Operator, second: Operator, sigma_y: float | None = None):
         super().__init__(first.in_shape, second.sigma_y if sigma_y is None else sigma_y)
-        mid = tuple(self._out_shape(first))
+        mid = tuple(first.out_shape)  # (running first.A to see would need its device: a cached network may be elsewhere)
         if tuple(second.in_shape) != mid:
             raise ValueError(f"cannot compose: {first.name} gives {mid}, {second.name} measures {tuple(second.in_shape)}")
         self.first, self.second = first, second
         self.residual_scale = second.residual_scale
 
-    @staticmethod
-    def _out_shape(op: Operator) -> tuple:
-        with torch.no_grad():
-            p = next(iter(op.buffers()), None)
-            z = torch.zeros((1, *op.in_shape), dtype=torch.float32, device=None if p is None else p.device)
-            return tuple(op.select([0]).A(z).shape[1:])
+    @property
+    def out_shape(self):
+        return self.second.out_shape
 
     def A(self, x):  # noqa: N802
         return self.second.A(self.first.A(x))

@@ -36,6 +36,11 @@ class PhaseRetrieval(Operator):
         self.oversample = float(oversample)
         self.pad_h, self.pad_w = int(oversample / 8.0 * h), int(oversample / 8.0 * w)
 
+    @property
+    def out_shape(self):
+        c, h, w = self.in_shape
+        return (c, h + 2 * self.pad_h, w + 2 * self.pad_w)
+
     def A(self, x):  # noqa: N802
         xp = F.pad(x, (self.pad_w, self.pad_w, self.pad_h, self.pad_h))
         return torch.fft.fft2(xp, norm="ortho").abs()

@@ -68,6 +68,11 @@ class SuperResolution(LinearOperator):
             self.register_buffer("ph", torch.linalg.pinv(bicubic_matrix(h, self.factor)).float(), persistent=False)
             self.register_buffer("pw", torch.linalg.pinv(bicubic_matrix(w, self.factor)).float(), persistent=False)
 
+    @property
+    def out_shape(self):
+        c, h, w = self.in_shape
+        return (c, h // self.factor, w // self.factor)
+
     def A(self, x):  # noqa: N802
         if self.filter == "avgpool":
             return F.avg_pool2d(x, self.factor)

@@ -1,7 +1,7 @@
 """Solvers: one paper per file over a shared loop (``base.py``), and DiffStateGrad (``projection.py``)."""
 
 from .base import Result, Solver, StepInfo
-from .baselines import PosteriorMean, PseudoInverse
+from .baselines import PosteriorMean, PosteriorSample, PseudoInverse
 from .daps import DAPS, LatentDAPS
 from .ddrm import DDRM
 from .dds import DDS
@@ -17,6 +17,7 @@ from .restarts import run_with_restarts
 
 # one class per paper (latent-daps is DAPS's latent defaults under their own name, as latent-dps is DPS)
 SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (DPS, PiGDM, DAPS, GMLDPS, PSLD, ReSample, P2L,
-                                                            DDRM, DiffPIR, DDS, PseudoInverse, PosteriorMean)}
+                                                            DDRM, DiffPIR, DDS, PseudoInverse, PosteriorMean,
+                                                            PosteriorSample)}
 
-__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "LatentDAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "DDRM", "DiffPIR", "DDS", "PseudoInverse", "PosteriorMean", "DiffStateGrad", "SOLVERS", "run_with_restarts"]
+__all__ = ["Solver", "Result", "StepInfo", "DPS", "PiGDM", "DAPS", "LatentDAPS", "GMLDPS", "PSLD", "ReSample", "P2L", "DDRM", "DiffPIR", "DDS", "PseudoInverse", "PosteriorMean", "PosteriorSample", "DiffStateGrad", "SOLVERS", "run_with_restarts"]

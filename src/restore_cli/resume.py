@@ -1,0 +1,102 @@
+"""What an output folder already holds, and whether a run may resume there.
+
+A rerun resumes only when every result-deciding setting (:data:`RESULT_KEYS`) matches the earlier run's
+``metrics.json``; otherwise it is refused naming the differences.  An existing output is skipped only
+when the earlier record says it is that input's finished result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .catalog import UsageError
+
+if TYPE_CHECKING:
+    from .run import Plan
+
+
+# the parts of metrics.json's "config" that decide the results: a rerun resumes only when they all match
+RESULT_KEYS = (("task",), ("mode",), ("operator", "task_options"), ("operator", "noise_sigma"), ("method", "name"),
+               ("method", "overrides"), ("method", "diffstategrad"), ("restarts",), ("model", "name"),
+               ("model", "revision"), ("model", "prompt"), ("seed",), ("dtype",), ("fit",), ("lpips", "net"),
+               ("samples",))
+# what a key missing from an earlier run's config meant (it predates the key)
+RESULT_DEFAULTS = {("samples",): 1}
+
+
+def _get(d: dict, path: tuple):
+    top = d
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+    if d is None and path in RESULT_DEFAULTS and isinstance(top, dict):
+        return RESULT_DEFAULTS[path]
+    return d
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every result-deciding setting that differs between two runs' configs."""
+    return [f"{'.'.join(k)}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in RESULT_KEYS if _get(old, k) != _get(new, k)]
+
+
+def previous_records(plan: "Plan", out: Path, config: dict) -> dict[str, dict]:
+    """The records of an earlier run into ``out`` to resume from (by input), after checking that it ran
+    with the same result-deciding settings; a UsageError names what differs."""
+    cfg = plan.cfg
+    metrics_path = out / "metrics.json"
+    if cfg.overwrite:
+        return {}
+    done = [s for s in plan.stems if (out / f"{s}.png").exists()]
+    if not metrics_path.exists():
+        if done:
+            raise UsageError(f"{out} holds restored images ({done[0]}.png, ...) but no metrics.json saying how they "
+                             "were made; use --overwrite to redo them, or another -o")
+        return {}
+    try:
+        old = json.loads(metrics_path.read_text())
+        old_config, old_images = old["config"], old.get("images", [])
+        version = old.get("schema_version", 0)
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"{metrics_path} is not a readable restore metrics file ({type(e).__name__}); "
+                         "use --overwrite to start over, or another -o") from None
+    if version < 2:
+        raise UsageError(f"{out} holds results of an older restore (metrics schema {version}); "
+                         "use --overwrite to redo them with this one, or another -o")
+    diff = config_differences(old_config, config)
+    if diff:
+        raise UsageError(f"{out} holds results made with other settings ({'; '.join(diff)}); "
+                         "use --overwrite to redo them with these, or another -o")
+    return {r["input"]: r for r in old_images if isinstance(r, dict) and "input" in r}
+
+
+def plan_records(plan: "Plan", out: Path, config: dict) -> tuple[list[dict], list[dict], list[int]]:
+    """(an earlier run's records of other images, kept; one record per input: skipped or pending; the
+    indices of the inputs still to do).
+
+    An existing output is skipped only when the earlier run's record says it is this input's finished
+    result; if it is its unfinished one (pending, failed), it is redone; if the record gives it to another
+    input (``x/a.png`` then ``y/a.png`` into one folder) or no record names it, the run is refused."""
+    cfg = plan.cfg
+    previous = previous_records(plan, out, config)
+    ours = {str(p) for p in plan.images}
+    outputs = {str(out / f"{stem}.png") for stem in plan.stems}
+    made_from = {r.get("output"): k for k, r in previous.items()}
+    # an earlier run's other images are kept, unless this run writes their output (their file is gone)
+    carried = [r for k, r in previous.items() if k not in ours and r.get("output") not in outputs]
+    records: list[dict] = []
+    todo = []
+    for i, (p, stem) in enumerate(zip(plan.images, plan.stems)):
+        path = str(out / f"{stem}.png")
+        prev = previous.get(str(p))
+        if not cfg.overwrite and Path(path).exists() and (prev is None or prev.get("output") != path):
+            origin = f"it was made from {made_from[path]}" if path in made_from else "no record in metrics.json names it"
+            raise UsageError(f"{path} exists but is not the result of {p} ({origin}); use another -o, or --overwrite")
+        if not cfg.overwrite and Path(path).exists() and prev.get("status") in ("ok", "skipped"):
+            rec = dict(prev)
+            rec.update({"input": str(p), "output": path, "status": "skipped"})
+        else:
+            rec = {"input": str(p), "output": str(out / f"{stem}.png"), "status": "pending", "error": None}
+            todo.append(i)
+        records.append(rec)
+    return carried, records, todo
