@@ -141,7 +141,7 @@ def test_help_keeps_square_brackets_and_lists_every_method():
 
     r = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
     assert "'inpaint[mask=box]'" in r.output and "[images]" in r.output
-    r = runner.invoke(app, ["inpaint", "--help"], env={"COLUMNS": "200"})
+    r = runner.invoke(app, ["inpaint", "--help"], env={"COLUMNS": "400"})
     method_line = next(ln for ln in r.output.splitlines() if "Solver:" in ln)
     assert all(m in method_line for m in METHODS), method_line
     assert "[-1, 1]" in r.output and "[0, 1]" in r.output
