@@ -123,12 +123,15 @@ def bar2_every_task(data) -> list[str]:
 
 def bars(data) -> list[str]:
     out = []
-    diffusion = sorted({cfg["method"] for cfg, _ in cells(data)} - {"pseudo-inverse", "posterior-mean"})
+    from restore_cli.catalog import METHODS
+
+    diffusion = sorted({cfg["method"] for cfg, _ in cells(data)} - {"pseudo-inverse", "posterior-mean", "posterior-sample"})
     # 1. LPIPS on box inpainting against the Gaussian posterior mean
     ref = find(data, "inpaint[mask=box]", "posterior-mean", False)
     lines = []
     for m in diffusion:
-        for dsg in (False, True):
+        guided = METHODS[m].gradient_guided if m in METHODS else True
+        for dsg in (False, True) if guided else (False,):  # DDRM, DiffPIR, DDS: no gradient to project
             s = find(data, "inpaint[mask=box]", m, dsg)
             if s is None or ref is None or s["lpips"]["mean"] is None or ref["lpips"]["mean"] is None:
                 lines.append(f"  - {m}{' + DSG' if dsg else ''}: not measured yet (or LPIPS unavailable)")
