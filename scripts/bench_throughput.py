@@ -45,7 +45,7 @@ import torch
 BUNDLED = ("fmnist-ddpm-32", "fmnist-ldm-32")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # one sampler step of each method's own kind (see the module docstring)
-CAPS = {"daps": {"langevin_steps": 3, "ode_steps": 2}, "resample": {"latent_iters": 3, "pixel_iters": 3, "every": 1},
+CAPS = {"daps": {"langevin_steps": 3, "ode_steps": 2}, "latent-daps": {"langevin_steps": 3, "ode_steps": 2}, "resample": {"latent_iters": 3, "pixel_iters": 3, "every": 1},
         "p2l": {"prompt_steps": 1}}
 
 
@@ -70,8 +70,8 @@ def methods_for(kind: str) -> list[str]:
     for name, info in METHODS.items():
         if kind not in info.spaces or info.default_model == "analytic":
             continue
-        if kind == "latent" and name == "dps":
-            continue  # the same solver as latent-dps
+        if kind == "latent" and name in ("dps", "daps"):
+            continue  # the same solvers as latent-dps and latent-daps
         out.append(name)
     return out
 
