@@ -43,12 +43,16 @@ def markdown_table(data: dict) -> str:
               + ("" if data["lpips"]["available"] else " (unavailable)") + ".", "",
               "| task | method | DSG | model | setting | PSNR | SSIM | LPIPS | fail | NFE | s/img | peak MB |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    noises = [c["config"].get("noise_sigma") for c in data["cells"].values()]
+    usual = suite.get("noise_sigma", max(set(noises), key=noises.count) if noises else None)  # shown when a cell differs
     for key, c in data["cells"].items():
         cfg = c["config"]
         task = cfg["task"] + ("" if not cfg["task_opts"] else " " + ",".join(str(v) for v in cfg["task_opts"].values()))
         setting = ", ".join([f"{k}={v}" for k, v in sorted(cfg["hparams"].items())] + dsg_setting(cfg.get("dsg_opts", {}))
                             + ([f"guidance x{cfg['guidance']:g}"] if cfg["guidance"] != 1.0 else [])
-                            + ([f"steps={cfg['steps']}"] if cfg.get("steps") else [])) or "default"
+                            + ([f"steps={cfg['steps']}"] if cfg.get("steps") else [])
+                            + ([f"noise {cfg['noise_sigma']:g}"] if cfg.get("noise_sigma") not in (None, usual)
+                               else [])) or "default"
         head = f"| {task} | {cfg['method']} | {'yes' if cfg['diffstategrad'] else 'no'} | {cfg['model']} | {setting} |"
         if c["status"] != "ok":
             lines.append(f"{head} {c['status']}: {c.get('reason') or c.get('error')} | | | | | | |")
