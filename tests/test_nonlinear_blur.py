@@ -232,3 +232,30 @@ def test_cli_wrong_file_one_line(tmp_path, small_arch):
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "GOPRO_wVAE.pth" in lines[0] and "not BKSE's KernelWizard" in lines[0]
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_bench_suite_runs_the_nonlinear_cells_given_the_network(tmp_path, ckpt, small_arch):
+    """`restore bench --kernel-model`: the suite's non-linear blur cells run with it and are skipped, saying
+    why, without it (the network cannot ship); the other cells are unaffected."""
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "a.png").write_bytes(FMNIST.read_bytes())
+    suite = tmp_path / "nl.toml"
+    suite.write_text(f'name = "nl"\nseeds = [0]\nbatch_size = 1\n[images]\npaths = ["{img}"]\n'
+                     '[[grid]]\ntasks = [{ task = "deblur", kernel = "nonlinear" }, { task = "deblur", kernel = "gaussian", '
+                     'kernel_size = 5 }]\nmethods = ["dps"]\nmodels = ["fmnist-ddpm-32"]\nsteps = 2\n')
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["bench", str(suite), "-o", str(out), "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    cells = list(json.loads((out / "results.json").read_text())["cells"].values())
+    status = {c["config"]["task_opts"]["kernel"]: c for c in cells}
+    assert status["gaussian"]["status"] == "ok" and status["nonlinear"]["status"] == "skipped"
+    assert "--kernel-model" in status["nonlinear"]["reason"]
+    r = runner.invoke(app, ["bench", str(suite), "-o", str(out), "--device", "cpu", "-q", "--kernel-model", str(ckpt)])
+    assert r.exit_code == 0, r.output
+    cells = list(json.loads((out / "results.json").read_text())["cells"].values())
+    assert sorted(c["status"] for c in cells) == ["ok", "ok"]
+    nl = next(c for c in cells if c["config"]["task_opts"]["kernel"] == "nonlinear")
+    assert nl["config"]["task_opts"]["kernel_model"] == str(ckpt.resolve())
+    r = runner.invoke(app, ["bench", str(suite), "-o", str(out), "--kernel-model", str(tmp_path / "none.pth")])
+    assert r.exit_code == 2 and "no such file" in r.output

@@ -90,6 +90,14 @@ def check_cell(cell: Cell, models: _Models) -> str | None:
         parse_set([f"{k}={v}" for k, v in cell.hparams.items()], info)
     except UsageError as e:
         return str(e)
+    if cell.task_opts.get("kernel") == "nonlinear":
+        from .checks import NONLINEAR_BLUR_METHODS
+
+        if "kernel_model" not in cell.task_opts:
+            return ("the non-linear blur needs its network: restore bench SUITE --kernel-model GOPRO_wVAE.pth "
+                    "(README, 'Non-linear blur')")
+        if cell.method not in NONLINEAR_BLUR_METHODS:
+            return f"{cell.method} needs a linear blur or a pseudo-inverse; the non-linear blur has neither"
     if cell.diffstategrad and not info.cls.gradient_guided:
         return f"{cell.method} has no measurement gradient for DiffStateGrad"
     if cell.guidance != 1.0 and not info.cls.guidance_keys:

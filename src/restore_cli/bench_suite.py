@@ -193,12 +193,14 @@ def _read(path: Path, what: str, parse, error, fmt: str):
 
 
 def load_suite(path: Path, images: Path | None = None, models_file: Path | None = None,
-               steps: int | None = None) -> Suite:
+               steps: int | None = None, kernel_model: Path | None = None) -> Suite:
     """Parse and check a suite file (names of tasks, methods, models and hyperparameters included).
 
     ``images``: a folder of images instead of the suite's own (a paper suite's ``[images] user =
     "..."`` names the images the paper used, which cannot ship); ``models_file``: extra registry
-    entries instead of the suite's; ``steps``: every cell's steps (a quick check of a suite)."""
+    entries instead of the suite's; ``steps``: every cell's steps (a quick check of a suite);
+    ``kernel_model``: the blur network of the cells with ``kernel = "nonlinear"`` (BKSE's GOPRO_wVAE.pth,
+    which cannot ship; without it those cells are skipped, saying so)."""
     from .config import ConfigError, load_registry
     from .registry import METHODS, TASKS, UsageError, parse_set
 
@@ -285,6 +287,8 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             except UsageError as e:
                 raise SuiteError(f"grid {gi + 1}: {e}") from None
             task_opts = {k: v for k, v in t.items() if k != "task"}
+            if task_opts.get("kernel") == "nonlinear" and kernel_model is not None:
+                task_opts["kernel_model"] = str(Path(kernel_model).resolve())
             n_steps = steps if steps is not None else int(g["steps"]) if "steps" in g else None
             cells.append(Cell(t["task"], task_opts, m, model, bool(dsg), hp, float(guide),
                               n_steps, float(g.get("noise_sigma", noise)),

@@ -305,6 +305,7 @@ def bench_cmd(
     images: Annotated[Optional[Path], typer.Option("--images", help=escape("A folder of images instead of the suite's (a paper suite: the paper's test images, see its [images])."))] = None,
     models_file: Annotated[Optional[Path], typer.Option("--models-file", help="Extra models.toml entries instead of the suite's.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Every cell's steps (a quick check of a suite; the cells differ from the suite's own).")] = None,
+    kernel_model: Annotated[Optional[Path], typer.Option("--kernel-model", help="BKSE's GOPRO_wVAE.pth for the cells with the non-linear blur (skipped without it).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and regressions.")] = False,
 ):
     """Benchmark: run a suite, write results.json and a Markdown table; optionally gate on a baseline.
@@ -327,7 +328,9 @@ def bench_cmd(
             raise UsageError(f"--images {images}: not a folder")
         if steps is not None and steps < 1:
             raise UsageError("--steps must be >= 1")
-        plan = load_suite(suite, images=images, models_file=models_file, steps=steps)
+        if kernel_model is not None and not kernel_model.is_file():
+            raise UsageError(f"--kernel-model {kernel_model}: no such file")
+        plan = load_suite(suite, images=images, models_file=models_file, steps=steps, kernel_model=kernel_model)
         dev = resolve_device(device)
         base = None if baseline is None else load_results(baseline)
     except (SuiteError, UsageError) as e:
