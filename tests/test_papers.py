@@ -145,8 +145,14 @@ def test_a_paper_suite_runs_end_to_end_on_the_exact_architecture(random_models, 
 @pytest.mark.realsize
 @pytest.mark.parametrize("suite", [p for p in paper_suites() if p.name != "published.toml"], ids=lambda p: p.stem)
 def test_every_paper_suite_runs_for_two_steps(suite, random_models, few_images, tmp_path):
+    """Each suite's first cell of every method (with and without DiffStateGrad): every model, method and
+    code path of the suite at real size, in a fraction of the whole suite's hours on a CPU."""
     s = load_suite(suite, images=few_images)
     mf = random_models(*sorted({c.model for c in s.cells}))
-    data, _ = run_paper_suite(suite, few_images, mf, tmp_path / suite.stem)
+    firsts = {}
+    for c in s.cells:
+        firsts.setdefault((c.method, c.diffstategrad), c.label)
+    only = [a for label in firsts.values() for a in ("--only", label)]
+    data, _ = run_paper_suite(suite, few_images, mf, tmp_path / suite.stem, *only)
     # the non-linear blur's cells need BKSE's network, which cannot ship (bench --kernel-model)
     assert all(c["status"] == "ok" or "--kernel-model" in c.get("reason", "") for c in data["cells"].values())
