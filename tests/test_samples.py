@@ -175,6 +175,22 @@ def test_samples_is_a_result_deciding_setting():
 # -- end to end: the Gaussian oracle through the CLI -------------------------------------
 
 
+def oracle_problem(tmp_path):
+    """The CLI oracle tests' problem: a smooth 12x12 grey image in ``tmp_path/in``, box inpainting, noise 0.05;
+    ``(folder, exact posterior mean, exact posterior std, prior mean)`` as images in [0, 1]."""
+    src = tmp_path / "in"
+    src.mkdir()
+    yy, xx = np.mgrid[0:12, 0:12]
+    Image.fromarray((255 * (0.5 + 0.12 * np.sin(xx / 3.0) * np.cos(yy / 4.0))).round().astype(np.uint8)).save(src / "t.png")
+    x = read_image(src / "t.png", 1)
+    gens = make_generators(0, 1)
+    op = build_operator("inpaint", {"mask": "box"}, tuple(x.shape), gens, 0.05)
+    prior = GaussianPrior.fitted(1)
+    m, s = (v[0].float() for v in prior.posterior_dense(op, op(x[None], gens).double()))
+    pm = (prior.mu.reshape(-1, 1, 1).expand_as(m) + 1) / 2
+    return src, m, s, pm
+
+
 def test_cli_samples_approach_the_exact_posterior(tmp_path):
     """PiGDM (100 steps) on the analytic grey Gaussian model, box inpainting of a 12x12 image, noise 0.05,
     through the CLI with ``--samples 4`` and ``--samples 32``; ``<stem>.png`` and ``<stem>.std.npy`` against
@@ -188,16 +204,7 @@ def test_cli_samples_approach_the_exact_posterior(tmp_path):
     prior (its spread 0.69 in ``test_solvers_oracle.py``), which no number of samples removes.  The first
     4 of the 32 samples are the 4 samples of the N = 4 run (sample k does not depend on N or the batch).
     """
-    src = tmp_path / "in"
-    src.mkdir()
-    yy, xx = np.mgrid[0:12, 0:12]
-    Image.fromarray((255 * (0.5 + 0.12 * np.sin(xx / 3.0) * np.cos(yy / 4.0))).round().astype(np.uint8)).save(src / "t.png")
-    x = read_image(src / "t.png", 1)
-    gens = make_generators(0, 1)
-    op = build_operator("inpaint", {"mask": "box"}, tuple(x.shape), gens, 0.05)
-    prior = GaussianPrior.fitted(1)
-    m, s = (v[0].float() for v in prior.posterior_dense(op, op(x[None], gens).double()))
-    pm = (prior.mu.reshape(-1, 1, 1).expand_as(m) + 1) / 2
+    src, m, s, pm = oracle_problem(tmp_path)
     got = {}
     for n in (4, 32):
         out = tmp_path / str(n)
@@ -227,16 +234,7 @@ def test_cli_samples_of_the_exact_sampler_converge_to_the_exact_posterior(tmp_pa
         4         0.033            0.41            0.86
         256       0.008            0.037           0.998
     """
-    src = tmp_path / "in"
-    src.mkdir()
-    yy, xx = np.mgrid[0:12, 0:12]
-    Image.fromarray((255 * (0.5 + 0.12 * np.sin(xx / 3.0) * np.cos(yy / 4.0))).round().astype(np.uint8)).save(src / "t.png")
-    x = read_image(src / "t.png", 1)
-    gens = make_generators(0, 1)
-    op = build_operator("inpaint", {"mask": "box"}, tuple(x.shape), gens, 0.05)
-    prior = GaussianPrior.fitted(1)
-    m, s = (v[0].float() for v in prior.posterior_dense(op, op(x[None], gens).double()))
-    pm = (prior.mu.reshape(-1, 1, 1).expand_as(m) + 1) / 2
+    src, m, s, pm = oracle_problem(tmp_path)
     got = {}
     for n in (4, 256):
         out = tmp_path / str(n)

@@ -83,23 +83,18 @@ def model_fingerprint(spec) -> str:
 
 def check_cell(cell: Cell, models: _Models) -> str | None:
     """Why a cell cannot run (a usage problem), or None."""
+    from .catalog import check_method_options
     from .registry import UsageError, check_method, parse_set
 
     try:
         info = check_method(cell.method, cell.task, models.spec(cell.model))
         parse_set([f"{k}={v}" for k, v in cell.hparams.items()], info)
+        check_method_options(info, cell.task, cell.task_opts, cell.diffstategrad)
     except UsageError as e:
         return str(e)
-    if cell.task_opts.get("kernel") == "nonlinear":
-        from .checks import NONLINEAR_BLUR_METHODS
-
-        if "kernel_model" not in cell.task_opts:
-            return ("the non-linear blur needs its network: restore bench SUITE --kernel-model GOPRO_wVAE.pth "
-                    "(README, 'Non-linear blur')")
-        if cell.method not in NONLINEAR_BLUR_METHODS:
-            return f"{cell.method} needs a linear blur or a pseudo-inverse; the non-linear blur has neither"
-    if cell.diffstategrad and not info.cls.gradient_guided:
-        return f"{cell.method} has no measurement gradient for DiffStateGrad"
+    if cell.task_opts.get("kernel") == "nonlinear" and "kernel_model" not in cell.task_opts:
+        return ("the non-linear blur needs its network: restore bench SUITE --kernel-model GOPRO_wVAE.pth "
+                "(README, 'Non-linear blur')")
     if cell.guidance != 1.0 and not info.cls.guidance_keys:
         return f"{cell.method} has no measurement-guidance step size to scale"
     return None

@@ -145,14 +145,21 @@ def check_method(method: str, task: str, model: ModelSpec) -> MethodInfo:
 
 # the blur kernels DDRM has an SVD for with every border (separable); the others need --border circular (ops/svd.py)
 DDRM_SEPARABLE_KERNELS = ("gaussian", "uniform")
+# --kernel nonlinear (BKSE's network) is neither linear nor has a pseudo-inverse: the methods that run any
+# differentiable forward model (those that take phase retrieval) take it; PiGDM, PSLD, P2L and the baselines refuse
+NONLINEAR_BLUR_METHODS = tuple(m for m, info in METHODS.items() if "phase-retrieval" in info.tasks)
 
 
 def check_method_options(info: MethodInfo, task: str, task_opts: dict, diffstategrad: bool) -> None:
-    """What a method needs of the run's other options: DiffStateGrad needs a measurement gradient; DDRM
-    needs the operator's SVD (a kernel file's separability is only known once it is read: ops.svd.svd_of)."""
+    """What a method needs of the run's other options: DiffStateGrad needs a measurement gradient; the
+    non-linear blur needs a method for any differentiable forward model; DDRM needs the operator's SVD (a
+    kernel file's separability is only known once it is read: ops.svd.svd_of)."""
     if diffstategrad and not info.gradient_guided:
         raise UsageError(f"--diffstategrad: method {info.name!r} takes no measurement gradient for DiffStateGrad "
                          f"to project (methods that do: {', '.join(m.name for m in METHODS.values() if m.gradient_guided)})")
+    if task == "deblur" and task_opts.get("kernel") == "nonlinear" and info.name not in NONLINEAR_BLUR_METHODS:
+        raise UsageError(f"method {info.name!r} needs a linear blur or a pseudo-inverse; --kernel nonlinear has "
+                         f"neither (use {', '.join(NONLINEAR_BLUR_METHODS)})")
     if info.name == "ddrm" and task == "deblur":
         opts = {**TASK_DEFAULTS["deblur"], **task_opts}
         if opts["kernel"] == "motion" and opts["border"] != "circular":

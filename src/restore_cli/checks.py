@@ -27,9 +27,6 @@ DTYPES = ("fp32", "fp16", "bf16")
 LPIPS_NETS = ("alex", "vgg")
 RESTART_RULES = ("residual", "oracle")
 KINDS_OF = {"mask": ("box", "random", "freeform"), "kernel": ("gaussian", "motion", "uniform", "nonlinear")}
-# --kernel nonlinear (BKSE's network) is neither linear nor has a pseudo-inverse: the methods that run any
-# differentiable forward model (those that take phase retrieval) take it; PiGDM, PSLD, P2L and the baselines refuse
-NONLINEAR_BLUR_METHODS = tuple(m for m, info in METHODS.items() if "phase-retrieval" in info.tasks)
 CHOICES = {"border": ("reflect", "circular", "zeros"), "filter": ("bicubic", "avgpool"), "rounding": ("ste", "cubic")}
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 # the files a run writes per input, besides metrics.json (see run.py)
@@ -287,9 +284,6 @@ def check(cfg: RunConfig) -> Checked:
     except ConfigError as e:
         raise UsageError(str(e)) from None
     info = check_method(cfg.method, cfg.task, model)
-    if cfg.task == "deblur" and cfg.task_opts.get("kernel") == "nonlinear" and info.name not in NONLINEAR_BLUR_METHODS:
-        raise UsageError(f"method {info.name!r} needs a linear blur or a pseudo-inverse; --kernel nonlinear has "
-                         f"neither (use {', '.join(NONLINEAR_BLUR_METHODS)})")
     check_method_options(info, cfg.task, cfg.task_opts, cfg.diffstategrad)
     if cfg.task_opts.get("then") is not None and "jpeg" not in info.tasks:
         raise UsageError(f"method {cfg.method!r} needs a linear operator; --then {cfg.task_opts['then']} makes the "

@@ -64,9 +64,7 @@ def resolve(cfg: RunConfig) -> Plan:
     if cfg.steps is not None:
         hp[info.steps_key] = cfg.steps
     dsg = None
-    if cfg.diffstategrad:
-        if not info.cls.gradient_guided:
-            raise UsageError(f"--diffstategrad: {info.name} has no measurement gradient for DiffStateGrad to project")
+    if cfg.diffstategrad:  # (a method without a measurement gradient was refused by check)
         try:
             dsg = DiffStateGrad(cfg.var_cutoff, cfg.period or info.cls.default_period, cfg.rank_mode)
         except ValueError as e:
@@ -379,6 +377,16 @@ def _measurement_inputs(plan: Plan, img: torch.Tensor, native_hw):
     return work, how, tuple(work.shape)
 
 
+def _image_record(out, stem, img, shape, metrics, k, b, residual, nfe, n_backward, seconds, usage, op) -> dict:
+    """The fields of every restored image's record (the metrics: of the restored image, or of the samples' mean)."""
+    return {"measurement": str(out / f"{stem}.measurement.png"),
+            "working_size": list(shape[-2:]), "input_size": list(img.shape[-2:]),
+            **{name: metrics.get(name, [None] * b)[k] for name in ("psnr", "ssim", "lpips")},
+            "residual": residual, "nfe": nfe, "n_backward": n_backward,
+            "seconds": seconds, "peak_memory_mb": usage.peak_mb, "batch_images": b,
+            "operator": op.select([k]).params()}
+
+
 def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
     cfg = plan.cfg
     t0 = time.time()
@@ -424,14 +432,8 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
         rec.update({"status": "failed" if diverged else "ok",
                     "error": ("the solver diverged (non-finite values in the restored image): "
                               "lower the measurement step size (--set)") if diverged else None,
-                    "measurement": str(out / f"{stem}.measurement.png"),
-                    "working_size": list(shape[-2:]), "input_size": list(img.shape[-2:]),
-                    "psnr": metrics.get("psnr", [None] * len(batch))[k],
-                    "ssim": metrics.get("ssim", [None] * len(batch))[k],
-                    "lpips": metrics.get("lpips", [None] * len(batch))[k],
-                    "residual": resid[k], "nfe": res.nfe, "n_backward": res.n_backward,
-                    "seconds": seconds, "peak_memory_mb": usage.peak_mb, "batch_images": len(batch),
-                    "operator": op.select([k]).params()})
+                    **_image_record(out, stem, img, shape, metrics, k, len(batch), resid[k], res.nfe, res.n_backward,
+                                    seconds, usage, op)})
         if metric_errors:
             rec["metric_errors"] = metric_errors
         cg = res.extra.get("cg")
@@ -500,14 +502,8 @@ def _write_samples(plan, lp, batch, records, stems, out, emit, prepared, sb, sha
                     "error": (f"the solver diverged in sample{'s' if len(bad) > 1 else ''} "
                               f"{', '.join(map(str, bad))} of {n} (non-finite values): lower the measurement "
                               "step size (--set)") if bad else None,
-                    "measurement": str(out / f"{stem}.measurement.png"),
-                    "working_size": list(shape[-2:]), "input_size": list(img.shape[-2:]),
-                    "psnr": metrics.get("psnr", [None] * b)[k],
-                    "ssim": metrics.get("ssim", [None] * b)[k],
-                    "lpips": metrics.get("lpips", [None] * b)[k],
-                    "residual": resid[k], "nfe": sb.nfe[k], "n_backward": sb.n_backward[k],
-                    "seconds": seconds, "peak_memory_mb": usage.peak_mb, "batch_images": b,
-                    "operator": op.select([k]).params(),
+                    **_image_record(out, stem, img, shape, metrics, k, b, resid[k], sb.nfe[k], sb.n_backward[k],
+                                    seconds, usage, op),
                     "samples": {"count": n,
                                 "std": None if bad else str(out / f"{stem}.std.png"),
                                 "std_array": None if bad else str(out / f"{stem}.std.npy"),

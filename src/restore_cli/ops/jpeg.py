@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Operator
+from .nonlinear import round_ste
 
 DEFAULT_QUALITY = 10  # PiGDM Table 4 evaluates QF 5, 10 and 20; QF 10 is its middle one and that of its Fig. 8
 QUALITY_RANGE = (2, 100)
@@ -112,21 +113,6 @@ def dct8_matrix(dtype=torch.float64) -> torch.Tensor:
     d = torch.cos((2 * n + 1) * k * math.pi / 16) * 0.5
     d[0] = math.sqrt(1 / 8)
     return d.to(dtype)
-
-
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
-
-
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """True rounding forward, identity gradient (straight-through)."""
-    return _RoundSTE.apply(x)
 
 
 def round_cubic(x: torch.Tensor) -> torch.Tensor:

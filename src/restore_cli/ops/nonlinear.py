@@ -85,6 +85,11 @@ class _RoundSTE(torch.autograd.Function):
         return g
 
 
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """True rounding forward, identity gradient (straight-through): quantisation here, JPEG's coefficients."""
+    return _RoundSTE.apply(x)
+
+
 class Quantize(Operator):
     name = "quantize"
 
@@ -96,7 +101,7 @@ class Quantize(Operator):
 
     def A(self, x):  # noqa: N802
         q = self.levels - 1
-        return _RoundSTE.apply(torch.clamp(x, 0, 1) * q) / q
+        return round_ste(torch.clamp(x, 0, 1) * q) / q
 
     def h_dagger(self, y):
         return y
