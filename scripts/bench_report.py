@@ -4,7 +4,8 @@
 
 Several results files (shards of the suite run side by side, e.g. one per CPU core with
 ``--only``) are merged cell by cell, in the suite's order: a finished ("ok") cell wins over a
-failed one, and an earlier file wins among equals.
+failed one; of two finished, the one finished later (a ``--rerun``; cells from before the time was
+recorded count as oldest), and an earlier file among equals.
 
 Besides the table it checks the issue's three bars, from the numbers, and says for each
 whether it is met, missed (with the numbers) or not yet measured (cells still to run):
@@ -175,6 +176,16 @@ def notes() -> list[str]:
     return f.read_text().splitlines() if f.exists() else []
 
 
+def _age(cell: dict) -> float:
+    """Seconds before now the cell finished (cells from before ``finished`` was recorded: oldest)."""
+    from datetime import datetime, timezone
+
+    try:
+        return (datetime.now(timezone.utc) - datetime.fromisoformat(cell["finished"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return float("inf")
+
+
 def merge(datas: list[dict], suite) -> dict:
     """One results dict from several runs of the same suite (its cells in the suite's order)."""
     rank = {"ok": 0, "skipped": 1, "failed": 2}
@@ -183,8 +194,8 @@ def merge(datas: list[dict], suite) -> dict:
         merged["models"].update(d.get("models", {}))
     for cell in suite.cells:
         found = [d["cells"][cell.key] for d in datas if cell.key in d["cells"]]
-        if found:
-            merged["cells"][cell.key] = min(found, key=lambda c: rank.get(c["status"], 3))
+        if found:  # a finished cell over a skipped or failed one; of two finished, the newer (a rerun)
+            merged["cells"][cell.key] = min(found, key=lambda c: (rank.get(c["status"], 3), _age(c)))
     started = [d["started"] for d in datas if d.get("started")]
     finished = [d["finished"] for d in datas if d.get("finished")]
     merged["started"] = min(started) if started else None

@@ -1,6 +1,7 @@
 """`restore bench`: suites, cells, determinism, resume, the Markdown table and the regression gate."""
 
 import json
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -99,6 +100,10 @@ def test_bench_runs_resumes_and_is_deterministic(setup):
         assert len(c["images"]) == 3 * 2  # images x seeds
         s = c["summary"]
         assert s["psnr"]["n"] == 6 and 0 <= s["failure_rate"] <= 1 and s["seconds"]["mean"] > 0
+        # when it finished, and from which commit of this checkout (a rerun is told from an old result)
+        assert datetime.fromisoformat(c["finished"]) >= datetime.fromisoformat(data["started"])
+        src = data["environment"]["restore_source"]  # None when restore is not run from a git checkout
+        assert c["source"] == src and (src is None or len(src["commit"]) == 40)
     # the zero-filled baseline is exactly the masked image: its PSNR is the hole's error
     pinv = next(c for k, c in cells.items() if "pseudo-inverse" in k and "inpaint" in k)
     assert pinv["summary"]["nfe"] == 0

@@ -106,3 +106,23 @@ def test_a_method_that_does_not_support_a_task_is_no_cell_to_wait_for(report):
     # while one of the method's cells has not run, the row waits for it
     table = "\n".join(report.bar2_every_task(data(*cs[:3])))
     assert "| hdr[] | dps x10 | - | - | - | not measured yet |" in table
+
+
+def test_shards_merge_to_the_finished_and_then_the_newer_cell(report):
+    """Shards of one suite: ok over failed, a rerun (later ``finished``) over the earlier result, and a
+    cell from before ``finished`` was recorded counts as the oldest."""
+    from types import SimpleNamespace
+
+    def c(status, psnr, finished=None):
+        x = cell("inpaint", {"mask": "box"}, "dps", False, 1.0, [psnr], status=status)
+        return {**x, **({"finished": finished} if finished else {})}
+
+    suite = SimpleNamespace(cells=[SimpleNamespace(key=k) for k in "abc"])
+    old = {"started": "t", "cells": {"a": c("ok", 10), "b": c("ok", 11, "2026-12-01T00:00:00+00:00"),
+                                     "c": c("failed", 0)}}
+    new = {"started": "t", "cells": {"a": c("ok", 20, "2026-12-02T00:00:00+00:00"),
+                                     "b": c("ok", 21, "2026-11-30T00:00:00+00:00"), "c": c("ok", 22)}}
+    m = report.merge([old, new], suite)["cells"]
+    assert [m[k]["summary"]["psnr"]["mean"] for k in "abc"] == [20, 11, 22]
+    m = report.merge([new, old], suite)["cells"]
+    assert [m[k]["summary"]["psnr"]["mean"] for k in "abc"] == [20, 11, 22]

@@ -172,6 +172,30 @@ def test_samples_is_a_result_deciding_setting():
     assert config_differences({}, {"samples": 1}) == []  # a folder from before --samples: one sample
 
 
+def test_overwrite_with_fewer_samples_leaves_no_file_of_the_earlier_run(tmp_path):
+    """--overwrite removes what the earlier run's record named and this run does not write again
+    (sample-K beyond the new N; the std map when one sample is taken); the user's own files stay."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12), dtype=np.uint8)).save(src / "t.png")
+    out = tmp_path / "out"
+    base = ["inpaint", src / "t.png", "--model", "gaussian", "--method", "posterior-sample", "-o", out]
+    assert run(*base, "--samples", 4).exit_code == 0
+    assert {f"t.sample-{k}.png" for k in range(4)} | {"t.std.npy", "t.std.png"} <= {p.name for p in out.iterdir()}
+    (out / "t.sample-9.png").write_bytes(b"the user's")  # no record names it
+    r = run(*base, "--samples", 2, "--overwrite")
+    assert r.exit_code == 0, r.output
+    names = {p.name for p in out.iterdir()}
+    assert {"t.sample-0.png", "t.sample-1.png", "t.std.npy", "t.std.png", "t.sample-9.png"} <= names
+    assert not {"t.sample-2.png", "t.sample-3.png"} & names
+    r = run(*base, "--overwrite")  # one sample: no samples, no std map
+    assert r.exit_code == 0, r.output
+    names = {p.name for p in out.iterdir()}
+    assert names == {"t.png", "t.measurement.png", "t.sample-9.png", "metrics.json"}
+    assert (out / "t.sample-9.png").read_bytes() == b"the user's"
+    jsonschema.validate(json.loads((out / "metrics.json").read_text()), SCHEMA)
+
+
 # -- end to end: the Gaussian oracle through the CLI -------------------------------------
 
 

@@ -115,6 +115,43 @@ def test_pixel_solvers_never_wait_for_the_device(cls, hp, dsg):
     assert res.images.device.type == "meta" and res.images.shape == y.shape
 
 
+def test_dds_never_waits_for_the_device():
+    """DDS's CG steps in every DDIM step: a fixed budget, asked nothing of the device."""
+    from restore_cli.solvers import DDS
+
+    prior, op, y = _meta_pixel()
+    res = DDS(prior, op, steps=3).run(y, make_generators(1, 2))
+    assert res.images.device.type == "meta"
+
+
+@pytest.mark.parametrize("precond", [False, True])
+def test_cg_asks_the_device_only_every_few_iterations_with_the_same_result(precond):
+    """ops.cg: whether every image has stopped is asked every ``sync_every`` iterations (never with 0);
+    each image still stops at its own tolerance on the device, so the solution and the reported iterations
+    do not depend on it.  Two systems of different difficulty in one batch, against a dense solve."""
+    from restore_cli.ops.base import cg
+
+    g = torch.Generator().manual_seed(0)
+    n = 120
+    q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=g))[0]
+    mats = torch.stack([q @ torch.diag(torch.linspace(1, c, n, dtype=torch.float64)) @ q.T for c in (3.0, 100.0)])
+    b = torch.randn(2, n, dtype=torch.float64, generator=g)
+
+    def apply(v):
+        return (mats @ v.unsqueeze(-1)).squeeze(-1)
+
+    pre = (lambda v: v / torch.diagonal(mats, dim1=1, dim2=2)) if precond else None
+    exact = torch.linalg.solve(mats, b)
+    got = [cg(apply, b, iters=200, tol=1e-8, precond=pre, return_info=True, sync_every=k) for k in (0, 1, 8)]
+    for x, info in got:
+        assert torch.allclose(x, exact, atol=1e-6) and bool(info.converged.all())
+        assert torch.equal(x, got[1][0]) and info.iterations == got[1][1].iterations
+    assert 3 < got[1][1].iterations < 100  # the hard system sets the count; the easy one stopped earlier
+    easy_only = cg(lambda v: (mats[:1] @ v.unsqueeze(-1)).squeeze(-1), b[:1], iters=200, tol=1e-8,
+                   precond=pre and (lambda v: v / torch.diagonal(mats[:1], dim1=1, dim2=2)), return_info=True)[1].iterations
+    assert easy_only < got[1][1].iterations
+
+
 def test_pigdm_noiseless_never_waits_for_the_device():
     prior, _, y = _meta_pixel()
     op = Inpainting(box_mask(16, 16, make_generators(0, 2)), 3, 0.0, kind="box").to("meta")
@@ -124,11 +161,11 @@ def test_pigdm_noiseless_never_waits_for_the_device():
 @pytest.mark.parametrize("dsg", [False, True])
 @pytest.mark.parametrize("cls,hp,cond", [(DPS, {"steps": 3}, False), (GMLDPS, {"steps": 3}, False),
                                          (PSLD, {"steps": 3}, False),
-                                         (P2L, {"steps": 3, "every": 0, "prompt_steps": 2}, True)])
+                                         (P2L, {"steps": 3, "every": 2, "prompt_steps": 2}, True)])
 def test_latent_solvers_never_wait_for_the_device(latent_dirs, cls, hp, cond, dsg):
-    """Latent DPS, GML-DPS and PSLD (KL encoder sampled at every step) and P2L's prompt tuning and update.
-    (P2L's projection runs CG, whose stopping test asks the device at every iteration: ops.cg; ReSample's
-    optimisers stop per image when the loss is small, which asks the device at every iteration by design.)"""
+    """Latent DPS, GML-DPS and PSLD (KL encoder sampled at every step) and P2L's prompt tuning, update and
+    projection (a fixed budget of CG steps, ops.cg with ``sync_every=0``).  (ReSample's optimisers stop per
+    image when the loss is small, which asks the device at every iteration by design.)"""
     prior = latent_prior(latent_dirs["cond" if cond else "kl"], conditional=cond).to("meta")
     if cond:
         prior.set_prompt(prior.prompt)  # embeddings on the device, as hub.load_prior does

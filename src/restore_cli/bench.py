@@ -27,7 +27,7 @@ from .bench_suite import (FASHION_MNIST, Cell, Suite, SuiteError, load_fashion_m
                           suite_context)
 from .distributed import Shard, file_lock
 from .io import fit_to, to_channels, write_json_atomic
-from .report import environment, mean_std
+from .report import environment, mean_std, source_revision
 
 RESULTS_SCHEMA = 1
 
@@ -247,7 +247,8 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         t0 = time.time()
         try:
             out = run_cell(cell, suite, models, lp, lambda i, tot: emit("step", {"step": i, "total": tot}))
-            data["cells"][cell.key] = {**entry, "status": "ok", **out, "wall_seconds": time.time() - t0}
+            data["cells"][cell.key] = {**entry, "status": "ok", **out, "wall_seconds": time.time() - t0,
+                                       "finished": datetime.now(timezone.utc).isoformat(), "source": source_revision()}
             spec = models.spec(cell.model)
             data["models"][cell.model] = {**spec.record(),
                                           "resolved_revision": getattr(models.prior(cell.model, cell.method),

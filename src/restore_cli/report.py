@@ -28,7 +28,43 @@ def environment() -> dict:
     if torch.cuda.is_available():
         env["cuda"] = torch.version.cuda
         env["gpu"] = torch.cuda.get_device_name(0)
+    env["restore_source"] = source_revision()
     return env
+
+
+_SOURCE: list = []
+
+
+def source_revision() -> dict | None:
+    """The git commit restore's code was run from, and whether its files differed from it (``dirty``),
+    when the package lives in a git work tree (a clone installed with ``pip install -e``); None for an
+    installed release, whose ``restore`` version says it.  Asked once per process."""
+    if not _SOURCE:
+        from pathlib import Path
+
+        _SOURCE.append(git_revision(Path(__file__).resolve().parent))
+    return _SOURCE[0]
+
+
+def git_revision(folder) -> dict | None:
+    """``{"commit", "dirty"}`` of the git work tree ``folder`` lies in (dirty: tracked files under
+    ``folder`` differ from the commit), or None when it lies in none or git is missing."""
+    import subprocess
+    from pathlib import Path
+
+    folder = Path(folder)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
+        if head.returncode or top.returncode or Path(top.stdout.strip()).resolve() not in [folder.resolve(), *folder.resolve().parents]:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        return None if dirty.returncode else {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _dist_version(name: str) -> str | None:

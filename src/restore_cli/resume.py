@@ -70,6 +70,44 @@ def previous_records(plan: "Plan", out: Path, config: dict) -> dict[str, dict]:
     return {r["input"]: r for r in old_images if isinstance(r, dict) and "input" in r}
 
 
+def _named_files(rec: dict) -> set[str]:
+    """The files an image record names as its outputs."""
+    samples = rec.get("samples") if isinstance(rec.get("samples"), dict) else {}
+    runs = samples.get("runs") if isinstance(samples.get("runs"), list) else []
+    names = [rec.get("output"), rec.get("measurement"), samples.get("std"), samples.get("std_array")]
+    names += [r.get("output") for r in runs if isinstance(r, dict)]
+    return {n for n in names if isinstance(n, str)}
+
+
+def stale_outputs(plan: "Plan", out: Path) -> dict[int, list[str]]:
+    """With ``--overwrite``: per input, the files that the earlier run's record of its output named and
+    that this run will not write again (``sample-K.png`` beyond this run's ``--samples``, a ``std`` map
+    when this run takes one sample).  They are removed once the image is redone, so that no result of the
+    earlier run is left beside this one's.  Files no record names (the user's own) are never touched."""
+    path = out / "metrics.json"
+    if not plan.cfg.overwrite or not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text()).get("images", [])
+    except Exception:  # noqa: BLE001 - an unreadable file names nothing
+        return {}
+    by_output = {r["output"]: r for r in old if isinstance(r, dict) and isinstance(r.get("output"), str)}
+    n = plan.cfg.samples
+    stale = {}
+    for i, stem in enumerate(plan.stems):
+        rec = by_output.get(str(out / f"{stem}.png"))
+        if rec is None:
+            continue
+        ours = {str(out / f"{stem}{s}") for s in (".png", ".measurement.png")}
+        if n > 1:
+            ours |= {str(out / f"{stem}{s}") for s in (".std.png", ".std.npy")}
+            ours |= {str(out / f"{stem}.sample-{j}.png") for j in range(n)}
+        gone = sorted(f for f in _named_files(rec) - ours if Path(f).parent == out)
+        if gone:
+            stale[i] = gone
+    return stale
+
+
 def plan_records(plan: "Plan", out: Path, config: dict) -> tuple[list[dict], list[dict], list[int]]:
     """(an earlier run's records of other images, kept; one record per input: skipped or pending; the
     indices of the inputs still to do).

@@ -161,7 +161,7 @@ class CGInfo:
 
 def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor | None = None,
        iters: int = 100, tol: float = 1e-8, precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
-       return_info: bool = False):
+       return_info: bool = False, sync_every: int = 8):
     """(Preconditioned) conjugate gradients for a symmetric positive semi-definite ``apply``, per image.
 
     Every image of the batch (first dimension) is its own system; an image stops moving once its
@@ -169,6 +169,11 @@ def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch
     ``precond``: an approximation of ``apply``'s inverse (symmetric positive definite, per image);
     the residual tested is still that of the original system.  ``return_info=True`` returns
     ``(x, CGInfo)``, with the final residual recomputed from ``x`` (one more ``apply``).
+
+    Which images are still moving is decided on the device at every iteration; whether all have stopped
+    (a host-device synchronisation) is asked only every ``sync_every`` iterations, and never with
+    ``sync_every=0`` (a fixed budget of ``iters``, as DDS's and P2L's few steps are): the result is the
+    same either way, since a stopped image no longer moves.
     """
     dims = tuple(range(1, b.dim()))
 
@@ -184,11 +189,12 @@ def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch
     p = z.clone()
     rz = dot(r, z)
     bnorm = dot(b, b).clamp_min(1e-30)
-    it = 0
-    for it in range(iters + 1):
+    moved = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)  # iterations each image took
+    for it in range(iters):
         active = (dot(r, r) / bnorm > tol**2)
-        if it == iters or not bool(active.any()):
+        if sync_every and it and it % sync_every == 0 and not bool(active.any()):
             break
+        moved = moved + active.reshape(-1)
         ap = apply(p)
         alpha = torch.where(active, safe_div(rz, dot(p, ap)), torch.zeros_like(rz))
         x = x + alpha * p
@@ -202,4 +208,4 @@ def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch
         return x
     res = b - apply(x)
     rel = (dot(res, res) / bnorm).sqrt().reshape(-1)
-    return x, CGInfo(rel <= tol, rel, it)
+    return x, CGInfo(rel <= tol, rel, int(moved.max()) if moved.numel() else 0)

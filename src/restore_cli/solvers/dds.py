@@ -86,7 +86,7 @@ class DDS(Solver):
             def apply(v):
                 return op.A_adjoint(op.A(v))
             b = op.A_adjoint(y)
-        img = cg(apply, b, x0=img, iters=int(self.hp["cg_iters"]), tol=default_tol(img.dtype))
+        img = cg(apply, b, x0=img, iters=int(self.hp["cg_iters"]), tol=default_tol(img.dtype), sync_every=0)
         return self.prior.encode(img)
 
     @torch.no_grad()

@@ -132,7 +132,8 @@ class P2L(Solver):
         with torch.no_grad():
             d = known[1] if known is not None and known[0] is z0 else self.prior.decode(z0)
             rhs = self.op.A_adjoint(y) + lam * d
-            x = cg(lambda v: self.op.A_adjoint(self.op.A(v)) + lam * v, rhs, x0=d, iters=int(self.hp["cg_iters"]))
+            x = cg(lambda v: self.op.A_adjoint(self.op.A(v)) + lam * v, rhs, x0=d, iters=int(self.hp["cg_iters"]),
+                   sync_every=0)
             return self.prior.encode(x)
 
     def latent_step(self, g, sigma, sigma_next):
