@@ -237,6 +237,8 @@ period = 2
     ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nset={nope=1}", "no method of the grid"),
     ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nset={zeta='x'}", "not a valid float"),
     ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nvar_cutoff=2", "var_cutoff"),
+    ("[images]\npaths=['.']\n[[grid]]\ntasks=[{task='inpaint', mask='freeform', coverage=[0.3, 0.1]}]\nmethods=['dps']\n"
+     "models=['gaussian']", "coverage must be"),
     ("oops = 1\n", "unknown key"),
     ("[[grid", "not valid TOML"),
 ])
@@ -278,3 +280,14 @@ def test_bench_runs_psld_on_a_text_model_with_the_empty_prompt(tmp_path):
     models = _Models(torch.device("cpu"))
     models.reg.models[str(d)] = spec
     assert models.prior(str(d), "psld").prompt == "" and models.prior(str(d), "psld") is models.prior(str(d), "psld")
+
+
+def test_a_suites_freeform_coverage_reaches_the_mask():
+    """``coverage = [lo, hi]`` (P2L's 10-20 %) draws masks whose missing share lies in it."""
+    from restore_cli.registry import build_operator
+    from restore_cli.rng import make_generators
+
+    for cov in ([0.1, 0.2], [0.3, 0.4]):
+        op = build_operator("inpaint", {"mask": "freeform", "coverage": cov}, (3, 64, 64), make_generators(0, 6), 0.01)
+        missing = 1 - op.mask.float().mean(dim=(1, 2, 3))
+        assert bool(((missing >= cov[0] - 1e-6) & (missing <= cov[1] + 1e-6)).all()), missing

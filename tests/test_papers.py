@@ -156,3 +156,28 @@ def test_every_paper_suite_runs_for_two_steps(suite, random_models, few_images, 
     data, _ = run_paper_suite(suite, few_images, mf, tmp_path / suite.stem, *only)
     # the non-linear blur's cells need BKSE's network, which cannot ship (bench --kernel-model)
     assert all(c["status"] == "ok" or "--kernel-model" in c.get("reason", "") for c in data["cells"].values())
+
+
+def test_suites_run_each_published_row_in_its_own_setting(few_images):
+    """What the review of the transcription found: DiffStateGrad's main tables print DiffStateGrad-PSLD's
+    large-step row of Table 7 (and PSLD's default-step row), so Tables 2-3 run PSLD+DSG at the large step;
+    DAPS rows are DAPS's default configuration (noise 0.05), the latent methods' 0.01; P2L's free-form
+    masks cover 10-20 % (002:252)."""
+    for name in ("dsg-table2-ffhq", "dsg-table3-ffhq"):
+        s = load_suite(PAPERS / f"{name}.toml", images=few_images)
+        psld = [c for c in s.cells if c.method == "psld"]
+        assert {(c.diffstategrad, c.guidance) for c in psld} == {(False, 1.0), (True, 10.0)}
+        for c in psld:
+            row = find_row(s.paper, method_key(c.method, c.diffstategrad), task_key(c.task, c.task_opts), c.guidance)
+            assert row["step_scale"] == ("large" if c.diffstategrad else "default")
+        # the same numbers as Table 7's rows of the same step
+        t7 = load_suite(PAPERS / "dsg-table7-ffhq-stepsize.toml", images=few_images).paper
+        for c in psld:
+            key = (method_key(c.method, c.diffstategrad), task_key(c.task, c.task_opts))
+            assert find_row(s.paper, *key, c.guidance)["psnr"][0] == find_row(t7, *key, c.guidance)["psnr"][0]
+    for name in ("dsg-table2-ffhq", "dsg-table3-ffhq", "dsg-table4-ffhq"):
+        s = load_suite(PAPERS / f"{name}.toml", images=few_images)
+        assert {c.noise_sigma for c in s.cells if c.method == "daps"} == {0.05}
+        assert {c.noise_sigma for c in s.cells if c.method != "daps"} == {0.01}
+    s = load_suite(PAPERS / "p2l-table8-ffhq.toml", images=few_images)
+    assert {tuple(c.task_opts["coverage"]) for c in s.cells if c.task_opts.get("mask") == "freeform"} == {(0.1, 0.2)}

@@ -53,7 +53,7 @@ else:  # pragma: no cover
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TASK_KEYS = {"task", "mask", "kernel", "kernel_size", "border", "scale", "filter", "oversample", "hdr_scale",
-             "box_placement", "missing", "kernel_sigma", "motion_intensity"}
+             "box_placement", "missing", "coverage", "kernel_sigma", "motion_intensity"}
 DSG_KEYS = ("var_cutoff", "period", "rank_mode")  # DiffStateGrad's options, as `restore <task>` has them
 
 
@@ -250,6 +250,11 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             bad = sorted(set(t) - TASK_KEYS)
             if bad:
                 raise SuiteError(f"task {t['task']}: unknown option(s) {', '.join(bad)}")
+            cov = t.get("coverage")
+            if cov is not None and not (isinstance(cov, list) and len(cov) == 2
+                                        and all(isinstance(v, (int, float)) for v in cov) and 0 < cov[0] <= cov[1] < 1):
+                raise SuiteError(f"task {t['task']}: coverage must be [lo, hi] with 0 < lo <= hi < 1 "
+                                 "(the free-form mask's share of missing pixels)")
             tasks.append(t)
         for m in _as_list(g["methods"]):
             if m not in METHODS:

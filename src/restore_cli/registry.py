@@ -76,7 +76,7 @@ def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Gen
         elif mask == "random":
             m = ops.random_mask(h, w, gens, missing=opts.get("missing", 0.7))
         elif mask == "freeform":
-            m = ops.freeform_mask(h, w, gens)
+            m = ops.freeform_mask(h, w, gens, coverage=tuple(opts.get("coverage", (0.2, 0.3))))
         else:
             m = ops.mask_from_file(Path(mask), h, w).expand(len(gens), -1, -1, -1)
             mask = "file"
