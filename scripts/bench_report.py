@@ -176,14 +176,16 @@ def notes() -> list[str]:
     return f.read_text().splitlines() if f.exists() else []
 
 
-def _age(cell: dict) -> float:
-    """Seconds before now the cell finished (cells from before ``finished`` was recorded: oldest)."""
+def _finished(cell: dict) -> float:
+    """When the cell finished (POSIX seconds; a time without a zone is UTC); cells from before the time
+    was recorded, or with one that cannot be read: minus infinity, the oldest."""
     from datetime import datetime, timezone
 
     try:
-        return (datetime.now(timezone.utc) - datetime.fromisoformat(cell["finished"])).total_seconds()
+        t = datetime.fromisoformat(cell["finished"])
     except (KeyError, TypeError, ValueError):
-        return float("inf")
+        return float("-inf")
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def merge(datas: list[dict], suite) -> dict:
@@ -195,7 +197,7 @@ def merge(datas: list[dict], suite) -> dict:
     for cell in suite.cells:
         found = [d["cells"][cell.key] for d in datas if cell.key in d["cells"]]
         if found:  # a finished cell over a skipped or failed one; of two finished, the newer (a rerun)
-            merged["cells"][cell.key] = min(found, key=lambda c: (rank.get(c["status"], 3), _age(c)))
+            merged["cells"][cell.key] = min(found, key=lambda c: (rank.get(c["status"], 3), -_finished(c)))
     started = [d["started"] for d in datas if d.get("started")]
     finished = [d["finished"] for d in datas if d.get("finished")]
     merged["started"] = min(started) if started else None

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from restore_cli.bench import Cell, SuiteError, load_suite, summarize_cell
 from restore_cli.bench_results import compare, parse_tolerances
 from restore_cli.cli import app
+from restore_cli.report import source_revision
 from tests.conftest import tiny_unet
 
 runner = CliRunner()
@@ -102,8 +103,8 @@ def test_bench_runs_resumes_and_is_deterministic(setup):
         assert s["psnr"]["n"] == 6 and 0 <= s["failure_rate"] <= 1 and s["seconds"]["mean"] > 0
         # when it finished, and from which commit of this checkout (a rerun is told from an old result)
         assert datetime.fromisoformat(c["finished"]) >= datetime.fromisoformat(data["started"])
-        src = data["environment"]["restore_source"]  # None when restore is not run from a git checkout
-        assert c["source"] == src and (src is None or len(src["commit"]) == 40)
+        src = data["environment"]["restore_source"]
+        assert c["source"] == src == source_revision()
     # the zero-filled baseline is exactly the masked image: its PSNR is the hole's error
     pinv = next(c for k, c in cells.items() if "pseudo-inverse" in k and "inpaint" in k)
     assert pinv["summary"]["nfe"] == 0
@@ -239,6 +240,8 @@ period = 2
     ("[images]\npaths=['.']\n[[grid]]\ntasks=['inpaint']\nmethods=['dps']\nmodels=['gaussian']\nvar_cutoff=2", "var_cutoff"),
     ("[images]\npaths=['.']\n[[grid]]\ntasks=[{task='inpaint', mask='freeform', coverage=[0.3, 0.1]}]\nmethods=['dps']\n"
      "models=['gaussian']", "coverage must be"),
+    ("[images]\npaths=['.']\n[[grid]]\ntasks=[{task='inpaint', mask='box', coverage=[0.1, 0.2]}]\nmethods=['dps']\n"
+     "models=['gaussian']", "free-form mask"),
     ("oops = 1\n", "unknown key"),
     ("[[grid", "not valid TOML"),
 ])

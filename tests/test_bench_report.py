@@ -120,7 +120,7 @@ def test_shards_merge_to_the_finished_and_then_the_newer_cell(report):
     suite = SimpleNamespace(cells=[SimpleNamespace(key=k) for k in "abc"])
     old = {"started": "t", "cells": {"a": c("ok", 10), "b": c("ok", 11, "2026-12-01T00:00:00+00:00"),
                                      "c": c("failed", 0)}}
-    new = {"started": "t", "cells": {"a": c("ok", 20, "2026-12-02T00:00:00+00:00"),
+    new = {"started": "t", "cells": {"a": c("ok", 20, "2026-12-02T00:00:00"),  # no zone: UTC
                                      "b": c("ok", 21, "2026-11-30T00:00:00+00:00"), "c": c("ok", 22)}}
     m = report.merge([old, new], suite)["cells"]
     assert [m[k]["summary"]["psnr"]["mean"] for k in "abc"] == [20, 11, 22]

@@ -90,7 +90,10 @@ def test_the_code_revision_is_recorded(tmp_path, images):
         pytest.skip("git is not installed")
     repo = tmp_path / "repo"
     (repo / "pkg").mkdir(parents=True)
-    (repo / "pkg" / "m.py").write_text("x = 1\n")
+    (repo / "pkg" / "__init__.py").write_text("x = 1\n")
+    (repo / "venv" / "site" / "pkg").mkdir(parents=True)  # an installed copy inside the repository (ignored)
+    (repo / "venv" / "site" / "pkg" / "__init__.py").write_text("x = 1\n")
+    (repo / ".gitignore").write_text("venv/\n")
 
     def git(*a):
         return subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True).stdout.strip()
@@ -99,12 +102,19 @@ def test_the_code_revision_is_recorded(tmp_path, images):
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
     assert git_revision(repo / "pkg") == {"commit": git("rev-parse", "HEAD"), "dirty": False}
-    (repo / "pkg" / "m.py").write_text("x = 2\n")
+    (repo / "pkg" / "__init__.py").write_text("x = 2\n")
     assert git_revision(repo / "pkg")["dirty"] is True
+    assert git_revision(repo / "venv" / "site" / "pkg") is None  # not the repository's files
     (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "__init__.py").write_text("")
     assert git_revision(tmp_path / "loose") is None
     r = run("inpaint", images / "a.png", "--model", "gaussian", "--method", "pseudo-inverse", "-o", tmp_path / "o")
     assert r.exit_code == 0, r.output
     src = validated(tmp_path / "o")["environment"]["restore_source"]
-    here = git_revision(Path(__file__).resolve().parents[1] / "src" / "restore_cli")
-    assert src == here or src is None  # None: restore installed from elsewhere than this checkout
+    import restore_cli
+
+    installed = Path(restore_cli.__file__).resolve().parent
+    here = git_revision(installed)
+    assert src == here  # a clone installed with -e: its commit; an installed release: None
+    if installed.is_relative_to(Path(__file__).resolve().parents[1]):  # this checkout, installed with -e
+        assert here is not None and len(here["commit"]) == 40

@@ -196,6 +196,45 @@ def test_overwrite_with_fewer_samples_leaves_no_file_of_the_earlier_run(tmp_path
     jsonschema.validate(json.loads((out / "metrics.json").read_text()), SCHEMA)
 
 
+def test_overwrite_never_removes_what_this_run_writes_or_reads(tmp_path, monkeypatch):
+    """The superseded run's ``t.sample-2.png`` is this run's output for another input (``t.sample-2.png``
+    given as an input); the same -o spelled another way still finds the earlier run's files; a file that
+    cannot be removed is a warning, not a failed image."""
+    src, other = tmp_path / "in", tmp_path / "in2"
+    src.mkdir(), other.mkdir()
+    rng = np.random.default_rng(0)
+    for p in (src / "t.png", other / "t.sample-2.png"):
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(p)
+    out = tmp_path / "out"
+    gauss = ["--model", "gaussian", "--method", "posterior-sample"]
+    assert run("inpaint", src / "t.png", *gauss, "--samples", 4, "-o", out).exit_code == 0
+    r = run("inpaint", src / "t.png", other / "t.sample-2.png", *gauss, "--overwrite", "--batch-size", 2, "-o", out)
+    assert r.exit_code == 0, r.output
+    recs = json.loads((out / "metrics.json").read_text())["images"]
+    assert [x["status"] for x in recs] == ["ok", "ok"]
+    assert all(Path(x["output"]).exists() for x in recs)  # t.sample-2.png is the second input's result
+    names = {p.name for p in out.iterdir()}
+    assert not {"t.sample-0.png", "t.sample-1.png", "t.sample-3.png", "t.std.npy", "t.std.png"} & names
+
+    # the earlier run's files found by name whatever -o's spelling; one that cannot be removed: a warning
+    assert run("inpaint", src / "t.png", *gauss, "--samples", 3, "--overwrite", "-o", out).exit_code == 0
+    real_unlink = Path.unlink
+
+    def stuck(self, *a, **k):
+        if self.name == "t.sample-2.png":
+            raise PermissionError("in use")
+        return real_unlink(self, *a, **k)
+
+    monkeypatch.setattr(Path, "unlink", stuck)
+    monkeypatch.chdir(tmp_path)
+    r = run("inpaint", src / "t.png", *gauss, "--overwrite", "-o", "out")  # relative, was absolute
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["images"][0]["status"] == "ok" and any("could not remove" in w for w in data["config"]["warnings"])
+    names = {p.name for p in out.iterdir()}
+    assert "t.sample-2.png" in names and not {"t.sample-0.png", "t.sample-1.png", "t.std.npy"} & names
+
+
 # -- end to end: the Gaussian oracle through the CLI -------------------------------------
 
 

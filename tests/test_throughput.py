@@ -152,6 +152,46 @@ def test_cg_asks_the_device_only_every_few_iterations_with_the_same_result(preco
     assert easy_only < got[1][1].iterations
 
 
+def test_cg_synchronises_rarely_stops_early_and_leaves_stopped_images_alone(monkeypatch):
+    """How often ops.cg asks the device (``Tensor.__bool__`` counted): never with ``sync_every=0``, after
+    iterations 1, 2, 4 and then every 8 by default; a one-step system stops after one ``apply``; an
+    image whose system is NaN keeps its start (0 * NaN would not)."""
+    from restore_cli.ops.base import cg
+
+    g = torch.Generator().manual_seed(1)
+    n = 120
+    q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=g))[0]
+    m = q @ torch.diag(torch.linspace(1, 100, n, dtype=torch.float64)) @ q.T
+    b = torch.randn(1, n, dtype=torch.float64, generator=g)
+    calls = {"bool": 0, "apply": 0}
+    real_bool = torch.Tensor.__bool__
+
+    def counted(self):
+        calls["bool"] += 1
+        return real_bool(self)
+
+    def apply(v):
+        calls["apply"] += 1
+        return v @ m
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", counted)
+    for every, most in ((0, 0), (8, None), (1, None)):
+        calls.update(bool=0, apply=0)
+        _, info = cg(apply, b, iters=200, tol=1e-8, return_info=True, sync_every=every)
+        k = info.iterations
+        expect = {0: 0, 1: k, 8: 3 + k // 8}[every]
+        assert calls["bool"] <= expect + 1, (every, calls, k)
+    assert 30 < k < 200
+    calls.update(bool=0, apply=0)
+    x, info = cg(lambda v: (calls.__setitem__("apply", calls["apply"] + 1), 2 * v)[1], b, iters=100, tol=1e-8,
+                 return_info=True)
+    assert calls["apply"] == 1 + 1 and info.iterations == 1 and torch.allclose(x, b / 2)  # + the final residual
+    start = torch.ones(2, n, dtype=torch.float64)
+    bb = torch.stack([b[0], torch.full((n,), float("nan"), dtype=torch.float64)])
+    x = cg(lambda v: v @ m, bb, x0=start, iters=50, tol=1e-8, sync_every=0)
+    assert torch.equal(x[1], start[1]) and torch.isfinite(x[0]).all()
+
+
 def test_pigdm_noiseless_never_waits_for_the_device():
     prior, _, y = _meta_pixel()
     op = Inpainting(box_mask(16, 16, make_generators(0, 2)), 3, 0.0, kind="box").to("meta")

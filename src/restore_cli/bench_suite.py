@@ -251,6 +251,8 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             if bad:
                 raise SuiteError(f"task {t['task']}: unknown option(s) {', '.join(bad)}")
             cov = t.get("coverage")
+            if cov is not None and (t["task"], t.get("mask")) != ("inpaint", "freeform"):
+                raise SuiteError(f"task {t['task']}: coverage is the free-form mask's (inpaint, mask = \"freeform\")")
             if cov is not None and not (isinstance(cov, list) and len(cov) == 2
                                         and all(isinstance(v, (int, float)) for v in cov) and 0 < cov[0] <= cov[1] < 1):
                 raise SuiteError(f"task {t['task']}: coverage must be [lo, hi] with 0 < lo <= hi < 1 "

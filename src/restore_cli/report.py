@@ -47,22 +47,28 @@ def source_revision() -> dict | None:
 
 
 def git_revision(folder) -> dict | None:
-    """``{"commit", "dirty"}`` of the git work tree ``folder`` lies in (dirty: tracked files under
-    ``folder`` differ from the commit), or None when it lies in none or git is missing."""
+    """``{"commit", "dirty"}`` of the git work tree whose tracked files include ``folder/__init__.py``
+    (dirty: tracked files under ``folder`` differ from the commit); None when git is missing or the
+    files are not tracked there (an installed copy, even in a virtual environment inside a repository)."""
+    import os
     import subprocess
     from pathlib import Path
 
     folder = Path(folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
 
     def git(*args):
-        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(folder), *args], capture_output=True,
+                              text=True, timeout=10, env=env)
 
     try:
-        head, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
-        if head.returncode or top.returncode or Path(top.stdout.strip()).resolve() not in [folder.resolve(), *folder.resolve().parents]:
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode:
             return None
+        head = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-        return None if dirty.returncode else {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        if head.returncode or dirty.returncode:
+            return None
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -71,41 +71,60 @@ def previous_records(plan: "Plan", out: Path, config: dict) -> dict[str, dict]:
 
 
 def _named_files(rec: dict) -> set[str]:
-    """The files an image record names as its outputs."""
+    """The file names (in the output folder) an image record names as its outputs."""
     samples = rec.get("samples") if isinstance(rec.get("samples"), dict) else {}
     runs = samples.get("runs") if isinstance(samples.get("runs"), list) else []
     names = [rec.get("output"), rec.get("measurement"), samples.get("std"), samples.get("std_array")]
     names += [r.get("output") for r in runs if isinstance(r, dict)]
-    return {n for n in names if isinstance(n, str)}
+    return {Path(n).name for n in names if isinstance(n, str) and n}
 
 
-def stale_outputs(plan: "Plan", out: Path) -> dict[int, list[str]]:
-    """With ``--overwrite``: per input, the files that the earlier run's record of its output named and
-    that this run will not write again (``sample-K.png`` beyond this run's ``--samples``, a ``std`` map
-    when this run takes one sample).  They are removed once the image is redone, so that no result of the
-    earlier run is left beside this one's.  Files no record names (the user's own) are never touched."""
+def run_outputs(plan: "Plan", out: Path) -> set[str]:
+    """Every file name this run may write in ``out`` (lower case: a case-insensitive file system)."""
+    n = plan.cfg.samples
+    names = set()
+    for stem in plan.stems:
+        names |= {stem + s for s in (".png", ".measurement.png", ".compare.png")}
+        if n > 1:
+            names |= {stem + s for s in (".std.png", ".std.npy")} | {f"{stem}.sample-{j}.png" for j in range(n)}
+    return {x.lower() for x in names | {"metrics.json"}}
+
+
+def stale_outputs(plan: "Plan", out: Path) -> list[Path]:
+    """With ``--overwrite``: the files that the earlier run's records of this run's outputs named and that
+    this run will not write again (``sample-K.png`` beyond this run's ``--samples``, a ``std`` map when it
+    takes one sample).  Removed before the run starts (:func:`remove_stale`), so that no result of the
+    superseded run is left beside this one's, even if this one stops early.  Never a file this run
+    writes or reads, nor one no record names (the user's own)."""
     path = out / "metrics.json"
     if not plan.cfg.overwrite or not path.exists():
-        return {}
+        return []
     try:
         old = json.loads(path.read_text()).get("images", [])
     except Exception:  # noqa: BLE001 - an unreadable file names nothing
-        return {}
-    by_output = {r["output"]: r for r in old if isinstance(r, dict) and isinstance(r.get("output"), str)}
-    n = plan.cfg.samples
-    stale = {}
-    for i, stem in enumerate(plan.stems):
-        rec = by_output.get(str(out / f"{stem}.png"))
-        if rec is None:
+        return []
+    ours = run_outputs(plan, out)
+    inputs = {Path(p).resolve() for p in plan.images}
+    mine = {f"{stem}.png".lower() for stem in plan.stems}
+    gone = set()
+    for rec in old:
+        if not isinstance(rec, dict) or not isinstance(rec.get("output"), str):
             continue
-        ours = {str(out / f"{stem}{s}") for s in (".png", ".measurement.png")}
-        if n > 1:
-            ours |= {str(out / f"{stem}{s}") for s in (".std.png", ".std.npy")}
-            ours |= {str(out / f"{stem}.sample-{j}.png") for j in range(n)}
-        gone = sorted(f for f in _named_files(rec) - ours if Path(f).parent == out)
-        if gone:
-            stale[i] = gone
-    return stale
+        if Path(rec["output"]).name.lower() not in mine:
+            continue  # an image this run does not redo: its record and files are kept
+        gone |= {name for name in _named_files(rec) if name.lower() not in ours}
+    return sorted(out / name for name in gone if (out / name).is_file() and (out / name).resolve() not in inputs)
+
+
+def remove_stale(paths: list[Path]) -> list[str]:
+    """Remove :func:`stale_outputs`; a warning for each that cannot be removed (the run goes on)."""
+    warnings = []
+    for f in paths:
+        try:
+            f.unlink(missing_ok=True)
+        except OSError as e:
+            warnings.append(f"--overwrite: could not remove the earlier run's {f} ({type(e).__name__}: {e})")
+    return warnings
 
 
 def plan_records(plan: "Plan", out: Path, config: dict) -> tuple[list[dict], list[dict], list[int]]:

@@ -33,7 +33,7 @@ from .metrics import LPIPS, lpips_status, measurement_residual
 from .catalog import TASK_DEFAULTS
 from .registry import MethodInfo, UsageError, noise_unit, parse_set, resolve_device, resolve_dtype, resolve_prompt
 from .report import SCHEMA_VERSION, environment, summarize
-from .resume import RESULT_KEYS, config_differences, plan_records, stale_outputs  # noqa: F401 - this module's API
+from .resume import RESULT_KEYS, config_differences, plan_records, remove_stale, stale_outputs  # noqa: F401 - this module's API
 from .samples import Moments, pixel_std, std_colours, std_figure, with_colour_bar
 from .solvers import DiffStateGrad, StepInfo
 
@@ -213,13 +213,16 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
     verdict = None
     if shard.main:
         try:
-            verdict = (*plan_records(plan, out, data["config"]), stale_outputs(plan, out))
+            verdict = plan_records(plan, out, data["config"])
+            for msg in remove_stale(stale_outputs(plan, out)):  # --overwrite: the superseded run's extra files
+                data["config"]["warnings"].append(msg)
+                emit("warning", {"message": msg})
         except UsageError as e:
             verdict = str(e)
     verdict = shard.broadcast(verdict)
     if isinstance(verdict, str):
         raise UsageError(verdict)
-    carried, records, todo, stale = verdict
+    carried, records, todo = verdict
     mine = shard.share(todo)
     ours = {r["input"] for r in records}
     touched = set(mine)
@@ -266,7 +269,7 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
     shard.barrier()
     if todo:
         try:
-            _solve_all(plan, out, mine, records, data, flush, emit, tqdm_class, stale)
+            _solve_all(plan, out, mine, records, data, flush, emit, tqdm_class)
         except KeyboardInterrupt:
             data["interrupted"] = True  # the images not reached stay "pending"; a rerun continues
             flush()
@@ -283,10 +286,9 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
 
 
 def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data: dict, flush, emit: Events,
-               tqdm_class, stale: dict[int, list[str]]) -> None:
+               tqdm_class) -> None:
     """Load the model, then read the images one at a time (never more than a batch in memory) and solve
-    them in batches of consecutive images of one working shape; each image's failure is its own.
-    ``stale``: per image, the earlier run's files to remove once it is redone (:func:`resume.stale_outputs`)."""
+    them in batches of consecutive images of one working shape; each image's failure is its own."""
     cfg = plan.cfg
     shard = plan.shard
     # many processes: each machine's first process downloads and converts, the others then read its cache
@@ -329,10 +331,6 @@ def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data
     def run_batch(batch):
         try:
             hp = _process(plan, prior, lp, batch, records, plan.stems, out, emit, native_hw)
-            for i, _, _ in batch:  # --overwrite: the earlier run's files this one did not write again
-                if records[i]["status"] == "ok":
-                    for f in stale.get(i, ()):
-                        Path(f).unlink(missing_ok=True)
             data["config"]["method"]["hyperparameters"] = data["config"]["method"]["hyperparameters"] or hp
         except Exception as e:  # noqa: BLE001
             if len(batch) > 1:  # isolate the failing image(s)

@@ -171,9 +171,10 @@ def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch
     ``(x, CGInfo)``, with the final residual recomputed from ``x`` (one more ``apply``).
 
     Which images are still moving is decided on the device at every iteration; whether all have stopped
-    (a host-device synchronisation) is asked only every ``sync_every`` iterations, and never with
+    (a host-device synchronisation) is asked after iterations 1, 2, 4, ... up to ``sync_every`` and then
+    every ``sync_every`` iterations (an exact one-step system stops after one), and never with
     ``sync_every=0`` (a fixed budget of ``iters``, as DDS's and P2L's few steps are): the result is the
-    same either way, since a stopped image no longer moves.
+    same either way, since a stopped image is no longer touched.
     """
     dims = tuple(range(1, b.dim()))
 
@@ -192,13 +193,14 @@ def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch
     moved = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)  # iterations each image took
     for it in range(iters):
         active = (dot(r, r) / bnorm > tol**2)
-        if sync_every and it and it % sync_every == 0 and not bool(active.any()):
+        asks = sync_every and it and (it % sync_every == 0 or (it < sync_every and it & (it - 1) == 0))
+        if asks and not bool(active.any()):
             break
         moved = moved + active.reshape(-1)
         ap = apply(p)
         alpha = torch.where(active, safe_div(rz, dot(p, ap)), torch.zeros_like(rz))
-        x = x + alpha * p
-        r = r - alpha * ap
+        x = torch.where(active, x + alpha * p, x)  # a stopped image is not touched (not even by 0 * NaN)
+        r = torch.where(active, r - alpha * ap, r)
         z = precond(r) if precond is not None else r
         rz_new = dot(r, z)
         beta = safe_div(rz_new, rz)
