@@ -294,3 +294,17 @@ def test_a_suites_freeform_coverage_reaches_the_mask():
         op = build_operator("inpaint", {"mask": "freeform", "coverage": cov}, (3, 64, 64), make_generators(0, 6), 0.01)
         missing = 1 - op.mask.float().mean(dim=(1, 2, 3))
         assert bool(((missing >= cov[0] - 1e-6) & (missing <= cov[1] + 1e-6)).all()), missing
+
+
+def test_bench_set_overrides_the_cells_whose_method_has_the_key(setup):
+    """``restore bench --set KEY=VALUE``: on every cell whose method has KEY (typed as `restore --set`), the
+    others untouched; a key no method of the suite has, or a bad value, is a usage error (exit 2)."""
+    d, suite = setup
+    s = load_suite(suite, overrides=["zeta=0.7"])
+    dps = [c for c in s.cells if c.method == "dps"]
+    assert dps and all(c.hparams["zeta"] == 0.7 for c in dps)
+    assert all("zeta" not in c.hparams for c in s.cells if c.method != "dps")
+    assert {c.key for c in s.cells if c.method != "dps"} <= {c.key for c in load_suite(suite).cells}
+    for bad, msg in (("nope=1", "no method of the suite has nope"), ("zeta=x", "zeta"), ("zeta", "KEY=VALUE")):
+        r = bench(suite, "--set", bad, "-o", d / "never")
+        assert r.exit_code == 2 and msg in r.output, r.output

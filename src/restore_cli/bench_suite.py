@@ -193,14 +193,16 @@ def _read(path: Path, what: str, parse, error, fmt: str):
 
 
 def load_suite(path: Path, images: Path | None = None, models_file: Path | None = None,
-               steps: int | None = None, kernel_model: Path | None = None) -> Suite:
+               steps: int | None = None, kernel_model: Path | None = None, overrides: list[str] | None = None) -> Suite:
     """Parse and check a suite file (names of tasks, methods, models and hyperparameters included).
 
     ``images``: a folder of images instead of the suite's own (a paper suite's ``[images] user =
     "..."`` names the images the paper used, which cannot ship); ``models_file``: extra registry
     entries instead of the suite's; ``steps``: every cell's steps (a quick check of a suite);
     ``kernel_model``: the blur network of the cells with ``kernel = "nonlinear"`` (BKSE's GOPRO_wVAE.pth,
-    which cannot ship; without it those cells are skipped, saying so)."""
+    which cannot ship; without it those cells are skipped, saying so); ``overrides``: ``KEY=VALUE``
+    strings set on every cell whose method has ``KEY`` (over the suite's own; a key no method of the
+    suite has is an error), e.g. capping ReSample's inner iterations for a quick check."""
     from .config import ConfigError, load_registry
     from .registry import METHODS, TASKS, UsageError, parse_set
 
@@ -235,6 +237,13 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
         raise SuiteError(f"{path}: no [[grid]] tables")
     grid_keys = {"tasks", "methods", "models", "diffstategrad", "steps", "set", "guidance", "sweep", "restarts", "noise_sigma",
                  *DSG_KEYS}
+    extra: dict[str, str] = {}
+    for item in overrides or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise SuiteError(f"--set {item!r}: expected KEY=VALUE")
+        extra[key.strip()] = value.strip()
+    used: set[str] = set()
     for gi, g in enumerate(grids):
         unknown = sorted(set(g) - grid_keys)
         if unknown:
@@ -267,6 +276,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             except ConfigError as e:
                 raise SuiteError(str(e)) from None
         every = set(g.get("set") or {}) | set(g.get("sweep") or {})
+        used |= set().union(*(METHODS[m].cls.defaults for m in _as_list(g["methods"])))
         known = set().union(*(METHODS[m].cls.defaults for m in _as_list(g["methods"])))
         if every - known:
             raise SuiteError(f"grid {gi + 1}: no method of the grid has hyperparameter(s) {', '.join(sorted(every - known))}")
@@ -286,7 +296,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             if not dsg:
                 dsg_opts = {}  # without DSG its options do not matter: one cell (duplicates go below)
             defaults = METHODS[m].cls.defaults
-            raw = {k: v for k, v in {**(g.get("set") or {}), **dict(point)}.items() if k in defaults}
+            raw = {k: v for k, v in {**(g.get("set") or {}), **dict(point), **extra}.items() if k in defaults}
             if point and any(k not in defaults for k, _ in point):
                 continue  # a sweep over a hyperparameter this method does not have
             try:  # typed and checked as --set values are
@@ -300,6 +310,8 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             cells.append(Cell(t["task"], task_opts, m, model, bool(dsg), hp, float(guide),
                               n_steps, float(g.get("noise_sigma", noise)),
                               int(g.get("restarts", TASKS[t["task"]].default_restarts)), dict(dsg_opts)))
+    if set(extra) - used:
+        raise SuiteError(f"--set: no method of the suite has {', '.join(sorted(set(extra) - used))}")
     seen, unique = set(), []
     for c in cells:
         if c.key not in seen:

@@ -307,6 +307,7 @@ def bench_cmd(
     models_file: Annotated[Optional[Path], typer.Option("--models-file", help="Extra models.toml entries instead of the suite's.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Every cell's steps (a quick check of a suite; the cells differ from the suite's own).")] = None,
     kernel_model: Annotated[Optional[Path], typer.Option("--kernel-model", help="BKSE's GOPRO_wVAE.pth for the cells with the non-linear blur (skipped without it).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="KEY=VALUE on every cell whose method has KEY (repeatable; a quick check, as --steps).")] = [],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and regressions.")] = False,
 ):
     """Benchmark: run a suite, write results.json and a Markdown table; optionally gate on a baseline.
@@ -331,7 +332,8 @@ def bench_cmd(
             raise UsageError("--steps must be >= 1")
         if kernel_model is not None and not kernel_model.is_file():
             raise UsageError(f"--kernel-model {kernel_model}: no such file")
-        plan = load_suite(suite, images=images, models_file=models_file, steps=steps, kernel_model=kernel_model)
+        plan = load_suite(suite, images=images, models_file=models_file, steps=steps, kernel_model=kernel_model,
+                          overrides=set_)
         dev = resolve_device(device)
         base = None if baseline is None else load_results(baseline)
     except (SuiteError, UsageError) as e:
