@@ -287,7 +287,7 @@ def test_usage_errors_come_before_torch_is_imported(tmp_path):
     """A usage error is found without importing torch (seconds saved on every typo)."""
     photo(tmp_path / "a.png", 0)
     code = ("import sys; from typer.testing import CliRunner; from restore_cli.cli import app; "
-            f"r = CliRunner().invoke(app, sys.argv[1:]); print(r.exit_code, 'torch' in sys.modules)")
+            "r = CliRunner().invoke(app, sys.argv[1:]); print(r.exit_code, 'torch' in sys.modules)")
     for args in (["inpaint", "--method", "nope"], ["superres", "--scale", "0"], ["inpaint", "--noise-sigma", "nan"],
                  ["inpaint", "-o", str(tmp_path / "a.png")]):
         p = subprocess.run([sys.executable, "-c", code, *args, str(tmp_path / "a.png")], capture_output=True, text=True)
