@@ -276,8 +276,8 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             except ConfigError as e:
                 raise SuiteError(str(e)) from None
         every = set(g.get("set") or {}) | set(g.get("sweep") or {})
-        used |= set().union(*(METHODS[m].cls.defaults for m in _as_list(g["methods"])))
         known = set().union(*(METHODS[m].cls.defaults for m in _as_list(g["methods"])))
+        used |= known
         if every - known:
             raise SuiteError(f"grid {gi + 1}: no method of the grid has hyperparameter(s) {', '.join(sorted(every - known))}")
         sweep = g.get("sweep") or {}

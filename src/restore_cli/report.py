@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import sys
@@ -32,18 +33,14 @@ def environment() -> dict:
     return env
 
 
-_SOURCE: list = []
-
-
+@functools.cache
 def source_revision() -> dict | None:
     """The git commit restore's code was run from, and whether its files differed from it (``dirty``),
     when the package lives in a git work tree (a clone installed with ``pip install -e``); None for an
     installed release, whose ``restore`` version says it.  Asked once per process."""
-    if not _SOURCE:
-        from pathlib import Path
+    from pathlib import Path
 
-        _SOURCE.append(git_revision(Path(__file__).resolve().parent))
-    return _SOURCE[0]
+    return git_revision(Path(__file__).resolve().parent)
 
 
 def git_revision(folder) -> dict | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .catalog import UsageError
+from .checks import OUTPUT_SUFFIXES, SAMPLES_SUFFIXES
 
 if TYPE_CHECKING:
     from .run import Plan
@@ -79,15 +80,15 @@ def _named_files(rec: dict) -> set[str]:
     return {Path(n).name for n in names if isinstance(n, str) and n}
 
 
-def run_outputs(plan: "Plan", out: Path) -> set[str]:
-    """Every file name this run may write in ``out`` (lower case: a case-insensitive file system)."""
+def run_outputs(plan: "Plan") -> set[str]:
+    """Every file name this run may write in its output folder (lower case: a case-insensitive file system)."""
     n = plan.cfg.samples
-    names = set()
+    names = {"metrics.json"}
     for stem in plan.stems:
-        names |= {stem + s for s in (".png", ".measurement.png", ".compare.png")}
+        names |= {stem + s for s in OUTPUT_SUFFIXES}
         if n > 1:
-            names |= {stem + s for s in (".std.png", ".std.npy")} | {f"{stem}.sample-{j}.png" for j in range(n)}
-    return {x.lower() for x in names | {"metrics.json"}}
+            names |= {stem + s for s in SAMPLES_SUFFIXES} | {f"{stem}.sample-{j}.png" for j in range(n)}
+    return {x.lower() for x in names}
 
 
 def stale_outputs(plan: "Plan", out: Path) -> list[Path]:
@@ -103,7 +104,7 @@ def stale_outputs(plan: "Plan", out: Path) -> list[Path]:
         old = json.loads(path.read_text()).get("images", [])
     except Exception:  # noqa: BLE001 - an unreadable file names nothing
         return []
-    ours = run_outputs(plan, out)
+    ours = run_outputs(plan)
     inputs = {Path(p).resolve() for p in plan.images}
     mine = {f"{stem}.png".lower() for stem in plan.stems}
     gone = set()
