@@ -180,8 +180,9 @@ def test_latent_methods_through_the_cli(method, task, model, latent_models, phot
         assert rec["status"] == "ok" and rec["nfe"] > 0, rec
         assert m["config"]["model"]["kind"] == "latent"
         assert (m["config"]["method"]["diffstategrad"] is not None) == (dsg == "--diffstategrad")
-        if dsg == "--diffstategrad" and method == "resample":
-            assert m["config"]["method"]["diffstategrad"]["period"] == 5
+        if dsg == "--diffstategrad" and method == "resample":  # the released code's projection: every iteration
+            rec_dsg = m["config"]["method"]["diffstategrad"]
+            assert rec_dsg["period"] == 1 and "released code" in rec_dsg["stages"], rec_dsg
 
 
 def test_incompatible_latent_choices_are_usage_errors(latent_models, photo):
@@ -367,6 +368,10 @@ def test_resample_dsg_stages_code_and_paper():
     paper_pixel, paper_latent = seen["paper"]
     assert all(p is None for p in paper_pixel) and all(p.period == 5 for p in paper_latent)
     assert ReSample(prior, op, DiffStateGrad()).params()["diffstategrad"]["period"] == 1
+    # what metrics.json records at plan time is what the solver runs with
+    assert ReSample.dsg_record(DiffStateGrad(period=5), {})["period"] == 1
+    assert ReSample.dsg_record(DiffStateGrad(period=5), {"dsg_stages": "paper"})["period"] == 5
+    assert ReSample.dsg_record(None, {}) is None
     plain = [ReSample(prior, op, dsg_stages=m, **hp).run(y, make_generators(3, 1)).model for m in ("code", "paper")]
     assert torch.equal(plain[0], plain[1])
 

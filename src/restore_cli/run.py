@@ -194,7 +194,7 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
                          "noise_sigma": cfg.noise_sigma, "noise_unit": noise_unit(cfg.task)[1],
                          "sigma_y_01": cfg.noise_sigma / noise_unit(cfg.task)[0]},
             "method": {"name": plan.method.name, "overrides": plan.overrides, "hyperparameters": None,
-                       "diffstategrad": plan.dsg.params() if plan.dsg else None},
+                       "diffstategrad": plan.method.cls.dsg_record(plan.dsg, plan.hparams)},
             "restarts": {"count": plan.restarts, "rule": "min_measurement_residual" if cfg.restart_rule == "residual" else "oracle_max_psnr"},
             "model": {**plan.model.record(), "prompt": plan.prompt},
             "seed": cfg.seed, "device": str(plan.device), "dtype": cfg.dtype, "batch_size": cfg.batch_size,

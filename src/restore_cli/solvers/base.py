@@ -234,8 +234,13 @@ class Solver:
         return Result(images, x, self.prior.nfe - nfe0, self.n_backward, {})
 
     def params(self) -> dict:
-        return {"method": self.name, **self.hp,
-                "diffstategrad": None if self.dsg is None else self.dsg.params()}
+        return {"method": self.name, **self.hp, "diffstategrad": self.dsg_record(self.dsg, self.hp)}
+
+    @classmethod
+    def dsg_record(cls, dsg, hparams: dict) -> dict | None:
+        """The DiffStateGrad settings this method runs with (``hparams``: the given ones over
+        ``defaults``), as metrics.json records them; a method that overrides some says so here."""
+        return None if dsg is None else dsg.params()
 
 
 __all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "learned_noise_std", "noise_like",

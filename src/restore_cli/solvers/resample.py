@@ -81,11 +81,13 @@ class ReSample(Solver):
     def sigmas(self):
         return self.prior.schedule.ddim_sigmas(self.n_steps)
 
-    def params(self) -> dict:
-        out = super().params()
-        if self.dsg is not None and self.hp["dsg_stages"] == "code":
-            out["diffstategrad"] = {**self.dsg_every_iteration.params(), "stages": "pixel+latent (released code)"}
-        return out
+    @classmethod
+    def dsg_record(cls, dsg, hparams: dict) -> dict | None:
+        if dsg is None:
+            return None
+        if {**cls.defaults, **hparams}["dsg_stages"] == "code":
+            return {**dataclasses.replace(dsg, period=1).params(), "stages": "pixel+latent (released code)"}
+        return {**dsg.params(), "stages": "latent (Algorithm 5)"}
 
     # -- pieces ----------------------------------------------------------------------------
     def guide_x0(self, z, x0, sigma):
