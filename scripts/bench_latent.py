@@ -49,7 +49,7 @@ def main():
               f"{'defaults' if a.full else 'reduced steps'}")
         print(f"{'method':<12}{'DSG':<5}{'NFE':>6}{'decoder':>9}{'encoder':>9}{'backward':>10}{'seconds':>9}{'peak MB':>9}")
         for name, cls, hp in methods:
-            for dsg in (None, DiffStateGrad(0.99, cls.default_period)):
+            for dsg in (None, DiffStateGrad(0.99, cls.dsg_default_period({}))):
                 prior.n_decode = prior.n_encode = 0
                 with measure(dev) as u:
                     r = cls(prior, op, dsg, **hp).run(y, make_generators(2, 1))

@@ -179,7 +179,7 @@ def run_cell(prior, res: int, channels: int, method: str, batch: int, dsg_on: bo
     op = build_operator(task, {}, tuple(x.shape[1:]), gens, 0.0).to(device)
     y = op(x, gens)
     hp = {info.steps_key: steps, **CAPS.get(method, {})}
-    dsg = DiffStateGrad(0.99, cls.default_period) if dsg_on else None
+    dsg = DiffStateGrad(0.99, cls.dsg_default_period({})) if dsg_on else None
     solver = cls(prior, op, dsg, **hp)
     stamps: list[tuple[float, int]] = []
 

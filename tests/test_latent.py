@@ -136,7 +136,7 @@ def test_resample_defaults_and_schedule():
     prior, op, truth, y = oracle_task("box", latent=True)
     s = ReSample(prior, op)
     assert s.hp["steps"] == 500 and s.hp["gamma"] == 40 and s.hp["latent_lr"] == 5e-3 and s.hp["pixel_lr"] == 1e-2
-    assert ReSample.default_period == 5
+    assert ReSample.default_period == 5 and s.hp["tweedie"] == "reference"  # the code's pseudo_x0 by default
     with pytest.raises(ValueError):
         PSLD(prior, __import__("restore_cli.ops", fromlist=["PhaseRetrieval"]).PhaseRetrieval((3, 12, 12)))
 
@@ -342,14 +342,15 @@ def test_p2l_prompt_adam_starts_afresh_at_every_step(latent_models):
 
 
 def test_resample_dsg_stages_code_and_paper():
-    """dsg_stages="code" (default): both hard-data-consistency stages projected at every iteration with the SVD of the
-    look-ahead state (pixel stage: of its decoded image); "paper" (Algorithm 5): only the latent stage, every F-th
-    iteration, with the SVD of z'_t.  Without DiffStateGrad the switch changes nothing."""
+    """dsg_stages="code" (default): both hard-data-consistency stages projected every F-th iteration (the code's
+    default F = 1) with the SVD of the look-ahead state (pixel stage: of its decoded image); "paper" (Algorithm 5):
+    only the latent stage, every F-th iteration (default 5), with the SVD of z'_t.  Without DiffStateGrad the
+    switch changes nothing."""
     prior, op, truth, y = oracle_task("box", latent=True)
     hp = dict(steps=30, every=2, lookahead=2, pixel_iters=4, latent_iters=4)
     seen = {}
-    for stages in ("code", "paper"):
-        s = ReSample(prior, op, DiffStateGrad(0.9, period=5), dsg_stages=stages, **hp)
+    for key, stages, period in (("code", "code", 1), ("paper", "paper", 5), ("code-3", "code", 3)):
+        s = ReSample(prior, op, DiffStateGrad(0.9, period=period), dsg_stages=stages, **hp)
         calls = []
         real = s.optimize
 
@@ -362,14 +363,17 @@ def test_resample_dsg_stages_code_and_paper():
         pixel = [p for is_pixel, p in calls if is_pixel]
         latent = [p for is_pixel, p in calls if not is_pixel]
         assert pixel and latent
-        seen[stages] = (pixel, latent)
+        seen[key] = (pixel, latent)
     code_pixel, code_latent = seen["code"]
     assert all(p is not None and p.period == 1 for p in code_pixel) and all(p.period == 1 for p in code_latent)
     paper_pixel, paper_latent = seen["paper"]
     assert all(p is None for p in paper_pixel) and all(p.period == 5 for p in paper_latent)
-    assert ReSample(prior, op, DiffStateGrad()).params()["diffstategrad"]["period"] == 1
-    # what metrics.json records at plan time is what the solver runs with
-    assert ReSample.dsg_record(DiffStateGrad(period=5), {})["period"] == 1
+    # the code's --period applies to both of its stages
+    assert all(p.period == 3 for p in seen["code-3"][0] + seen["code-3"][1])
+    # the default F follows the configuration; metrics.json records what the solver runs with
+    assert ReSample.dsg_default_period({}) == 1 and ReSample.dsg_default_period({"dsg_stages": "paper"}) == 5
+    assert ReSample.dsg_record(DiffStateGrad(period=1), {}) == {**DiffStateGrad(period=1).params(),
+                                                                "stages": "pixel+latent (released code)"}
     assert ReSample.dsg_record(DiffStateGrad(period=5), {"dsg_stages": "paper"})["period"] == 5
     assert ReSample.dsg_record(None, {}) is None
     plain = [ReSample(prior, op, dsg_stages=m, **hp).run(y, make_generators(3, 1)).model for m in ("code", "paper")]

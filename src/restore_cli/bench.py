@@ -109,10 +109,10 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
     prior = models.prior(cell.model, cell.method)
     native = getattr(prior, "sample_size", None)
     hw = None if native is None else ((native, native) if isinstance(native, int) else tuple(native))
-    dsg = cell.dsg(info.cls.default_period)
     hp = dict(cell.hparams)
     if cell.steps is not None:
         hp[info.steps_key] = cell.steps
+    dsg = cell.dsg(info.cls.dsg_default_period(hp))
     cb = None if on_step is None else (lambda s: on_step(s.step + 1, s.total))
     records, used_hp = [], None
     for seed in suite.seeds:

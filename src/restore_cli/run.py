@@ -66,7 +66,7 @@ def resolve(cfg: RunConfig) -> Plan:
     dsg = None
     if cfg.diffstategrad:  # (a method without a measurement gradient was refused by check)
         try:
-            dsg = DiffStateGrad(cfg.var_cutoff, cfg.period or info.cls.default_period, cfg.rank_mode)
+            dsg = DiffStateGrad(cfg.var_cutoff, cfg.period or info.cls.dsg_default_period(hp), cfg.rank_mode)
         except ValueError as e:
             raise UsageError(str(e)) from None
     shard = current(cpu=cfg.device == "cpu")

@@ -237,6 +237,11 @@ class Solver:
         return {"method": self.name, **self.hp, "diffstategrad": self.dsg_record(self.dsg, self.hp)}
 
     @classmethod
+    def dsg_default_period(cls, hparams: dict) -> int:
+        """DiffStateGrad's period F when none is given (``hparams``: the given hyperparameters)."""
+        return cls.default_period
+
+    @classmethod
     def dsg_record(cls, dsg, hparams: dict) -> dict | None:
         """The DiffStateGrad settings this method runs with (``hparams``: the given ones over
         ``defaults``), as metrics.json records them; a method that overrides some says so here."""

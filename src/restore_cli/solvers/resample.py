@@ -34,25 +34,30 @@ gets alone.
 DiffStateGrad, two configurations (``dsg_stages``):
 
 * ``"code"`` (default): what the released DiffStateGrad code ran for its Tables 2-4: both hard
-  data consistency stages are projected at every iteration (period 1, whatever ``--period``
-  says), with the SVD of the state after the look-ahead (the latent stage) and of its decoded
-  image (the pixel stage, in the code's ``[-1, 1]`` units);
+  data consistency stages are projected, every ``period``-th iteration (the code's ``--period``,
+  default 1: every iteration), with the SVD of the state after the look-ahead (the latent stage)
+  and of its decoded image (the pixel stage, in the code's ``[-1, 1]`` units);
 * ``"paper"``: PLoRG Algorithm 5 / DiffStateGrad App. C.4: the SVD of the diffusion state
   ``z'_t``, once per resampling call; only the *latent* optimisation's gradient is projected,
-  every ``period``-th iteration (F = 5, Appendix C.1); the pixel stage is never projected.
+  every ``period``-th iteration (default F = 5, Appendix C.1); the pixel stage is never projected.
 
 Choices where paper and code differ (each noted above): the DPS nudge and the look-ahead
-are the code's; the Tweedie estimate is the paper's ``(z - sqrt(1 - a) eps) / sqrt(a)``.  The
-code also forms a ``pseudo_x0 = (z - (1 - a) eps) / sqrt(a)`` and uses it, and only it, for the
-DPS nudge's residual, for the look-ahead's final estimate and as the start of the hard data
-consistency optimisation; its DDIM steps use the usual estimate.  ``tweedie="reference"`` does
-exactly that (so with the guidance off it is plain DDIM and samples the prior);
-``tweedie="paper"`` (default) uses the Tweedie estimate everywhere.
+are the code's.  The paper's estimate of ``z0`` is Tweedie's ``(z - sqrt(1 - a) eps) / sqrt(a)``;
+the code (ReSample's, and DiffStateGrad's, which produced both papers' tables) forms a
+``pseudo_x0 = (z - (1 - a) eps) / sqrt(a)`` (``1 - a`` where Tweedie has its square root, so it
+keeps some noise) and uses it, and only it, for the DPS nudge's residual, for the look-ahead's
+final estimate and as the start of the hard data consistency optimisation; its DDIM steps use
+Tweedie's.  ``tweedie="reference"`` (default, what produced the tables) does exactly that (with
+the guidance off it is plain DDIM and samples the prior); ``tweedie="paper"`` uses Tweedie's
+estimate everywhere, as the paper's text.
+
+Not followed: the code's look-ahead feeds the network the timestep one DDIM step behind the
+alphas it uses (its loop lags by one index), and its DDIM grid is ``1, 1 + c, ...`` (LDM's
+``make_ddim_timesteps``) where ours is ``0, c, ...``; both shift levels by a step or two of 1000.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -66,8 +71,8 @@ class ReSample(Solver):
     paper = "Song et al. 2024, Solving Inverse Problems with Latent Diffusion Models via Hard Data Consistency"
     defaults = {"steps": 500, "dps_scale": 0.5, "every": 10, "lookahead": 5, "gamma": 40.0,
                 "pixel_lr": 1e-2, "pixel_iters": 2000, "latent_lr": 5e-3, "latent_iters": 500, "eps": 1e-3,
-                "tweedie": "paper", "dsg_stages": "code"}
-    default_period = 5
+                "tweedie": "reference", "dsg_stages": "code"}
+    default_period = 5  # Algorithm 5's F (App. C.1), with dsg_stages=paper; the code's default is 1
     decode_result = False  # run() decodes only the final latent optimisation's result
     guidance_keys = ("latent_lr",)  # the stage DiffStateGrad projects
     choices = {"tweedie": ("paper", "reference"), "dsg_stages": ("code", "paper")}
@@ -75,19 +80,20 @@ class ReSample(Solver):
     def __init__(self, prior, op, diffstategrad=None, **hparams):
         super().__init__(prior, op, diffstategrad, **hparams)
         self.n_steps = int(self.hp["steps"])
-        # the released code's projection runs at every iteration
-        self.dsg_every_iteration = None if diffstategrad is None else dataclasses.replace(diffstategrad, period=1)
 
     def sigmas(self):
         return self.prior.schedule.ddim_sigmas(self.n_steps)
 
     @classmethod
+    def dsg_default_period(cls, hparams: dict) -> int:
+        return 1 if {**cls.defaults, **hparams}["dsg_stages"] == "code" else cls.default_period
+
+    @classmethod
     def dsg_record(cls, dsg, hparams: dict) -> dict | None:
         if dsg is None:
             return None
-        if {**cls.defaults, **hparams}["dsg_stages"] == "code":
-            return {**dataclasses.replace(dsg, period=1).params(), "stages": "pixel+latent (released code)"}
-        return {**dsg.params(), "stages": "latent (Algorithm 5)"}
+        code = {**cls.defaults, **hparams}["dsg_stages"] == "code"
+        return {**dsg.params(), "stages": "pixel+latent (released code)" if code else "latent (Algorithm 5)"}
 
     # -- pieces ----------------------------------------------------------------------------
     def guide_x0(self, z, x0, sigma):
@@ -169,12 +175,12 @@ class ReSample(Solver):
             proj = None
             if self.dsg is not None and code:
                 with torch.no_grad():
-                    proj = projector(self.dsg_every_iteration, self.prior.decode(w) * 2 - 1)
+                    proj = projector(self.dsg, self.prior.decode(w) * 2 - 1)
             pix = self.optimize(self.prior.decode(est) * 2 - 1, lambda v: (v + 1) / 2, h["pixel_lr"], h["pixel_iters"], proj)
             with torch.no_grad():
                 z0_y = self.prior.encode((pix + 1) / 2)
         else:  # last stage: latent space
-            proj = projector(self.dsg_every_iteration, w) if code else projector(self.dsg, z_next)
+            proj = projector(self.dsg, w if code else z_next)
             z0_y = self.optimize(est, self.prior.decode, h["latent_lr"], h["latent_iters"], proj, window=200)
         z_new = self.resample(z0_y, z_next.detach(), sigma_next, sigma, gens)
         return z_new, z0_y
@@ -183,9 +189,8 @@ class ReSample(Solver):
         self._sigmas = [float(s) for s in self.sigmas()]
         res = super().run(y, gens, callback)
         # a final latent-space optimisation of z_0 (the code's last step)
-        dsg = self.dsg_every_iteration if self.hp["dsg_stages"] == "code" else self.dsg
         z0 = self.optimize(res.model, self.prior.decode, self.hp["latent_lr"], self.hp["latent_iters"],
-                           projector(dsg, res.model), window=200)
+                           projector(self.dsg, res.model), window=200)
         with torch.no_grad():
             res.images = self.prior.decode(z0).clamp(0, 1)
         res.model, res.n_backward = z0, self.n_backward
