@@ -85,14 +85,19 @@ class ReSample(Solver):
         return self.prior.schedule.ddim_sigmas(self.n_steps)
 
     @classmethod
+    def released_code_stages(cls, hparams: dict) -> bool:
+        """Whether DiffStateGrad runs as the released code (``dsg_stages=code``) with these hyperparameters."""
+        return {**cls.defaults, **hparams}["dsg_stages"] == "code"
+
+    @classmethod
     def dsg_default_period(cls, hparams: dict) -> int:
-        return 1 if {**cls.defaults, **hparams}["dsg_stages"] == "code" else cls.default_period
+        return 1 if cls.released_code_stages(hparams) else cls.default_period
 
     @classmethod
     def dsg_record(cls, dsg, hparams: dict) -> dict | None:
         if dsg is None:
             return None
-        code = {**cls.defaults, **hparams}["dsg_stages"] == "code"
+        code = cls.released_code_stages(hparams)
         return {**dsg.params(), "stages": "pixel+latent (released code)" if code else "latent (Algorithm 5)"}
 
     # -- pieces ----------------------------------------------------------------------------
@@ -170,7 +175,7 @@ class ReSample(Solver):
                 e = self.prior.denoise(w, sig[k])
                 est = self.guide_x0(w, e, sig[k])
                 w = self.ddim_next(w, e, sig[k], sig[k + 1], gens, eta=0.0)
-        code = h["dsg_stages"] == "code"
+        code = self.released_code_stages(h)
         if index >= n // 3:  # middle stage: pixel space (projected only as the released code does)
             proj = None
             if self.dsg is not None and code:
