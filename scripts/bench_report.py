@@ -4,8 +4,9 @@
 
 Several results files (shards of the suite run side by side, e.g. one per CPU core with
 ``--only``) are merged cell by cell, in the suite's order: a finished ("ok") cell wins over a
-failed one; of two finished, the one finished later (a ``--rerun``; cells from before the time was
-recorded count as oldest), and an earlier file among equals.
+failed one; of two finished, one made by its method's current revision over an outdated one (marked
+† in the table), then the one finished later (a ``--rerun``; cells from before the time was recorded
+count as oldest), and an earlier file among equals.
 
 Besides the table it checks the issue's three bars, from the numbers, and says for each
 whether it is met, missed (with the numbers) or not yet measured (cells still to run):
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from restore_cli.bench_results import markdown_table  # noqa: E402
+from restore_cli.bench_results import markdown_table, outdated  # noqa: E402
 
 
 def cells(data):
@@ -196,8 +197,9 @@ def merge(datas: list[dict], suite) -> dict:
         merged["models"].update(d.get("models", {}))
     for cell in suite.cells:
         found = [d["cells"][cell.key] for d in datas if cell.key in d["cells"]]
-        if found:  # a finished cell over a skipped or failed one; of two finished, the newer (a rerun)
-            merged["cells"][cell.key] = min(found, key=lambda c: (rank.get(c["status"], 3), -_finished(c)))
+        if found:  # a finished cell over a skipped or failed one; of two finished, one by the method's
+            # current revision over an outdated one, then the newer (a rerun)
+            merged["cells"][cell.key] = min(found, key=lambda c: (rank.get(c["status"], 3), outdated(c), -_finished(c)))
     started = [d["started"] for d in datas if d.get("started")]
     finished = [d["finished"] for d in datas if d.get("finished")]
     merged["started"] = min(started) if started else None
@@ -219,6 +221,7 @@ def main(argv: list[str] | None = None):
     suite = load_suite(ROOT / "benchmarks" / "fmnist.toml")
     data = merge([json.loads(src.read_text()) for src in srcs], suite)
     done = sum(c["status"] == "ok" for c in data["cells"].values())
+    old = sum(c["status"] == "ok" and outdated(c) for c in data["cells"].values())
     skipped = sum(c["status"] == "skipped" for c in data["cells"].values())
     total = len(suite.cells) - skipped
     left = "" if done == total else " (the rest are still to run: the suite is resumable)"
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None):
             "paper's default settings unless the setting column says otherwise; `guidance x10` multiplies the",
             "method's measurement-guidance step size by 10 (DiffStateGrad's robustness study).", "",
             f"Cells finished: {done} of {total} in the suite{left}."
+            + (f" {old} of them (marked †) were made by an earlier revision of their method and are still to rerun."
+               if old else "")
             + (f" {skipped} more are skipped: their method does not support their task (the reason is in the JSON)."
                if skipped else ""), "",
             "## The bars", "", *bars(data), *notes(), "## Results", ""]

@@ -117,6 +117,7 @@ def test_bench_runs_resumes_and_is_deterministic(setup):
     assert r.exit_code == 0, r.output
     after = json.loads((out / "results.json").read_text())
     assert json.dumps(after["cells"], sort_keys=True) == json.dumps(json.loads(before)["cells"], sort_keys=True)
+    assert after["models"] == json.loads(before)["models"] != {}  # the kept cells' models stay recorded
 
     # deterministic: a fresh run elsewhere reproduces every metric exactly, and passes the gate
     out2 = d / "out2"
@@ -159,6 +160,38 @@ def test_results_of_other_weights_are_not_reused(setup):
     assert bench(suite, "-o", out, "--device", "cpu", "-q").exit_code == 0
     again = json.loads((out / "results.json").read_text())["cells"][key]
     assert again["summary"]["psnr"]["mean"] != 99.0 and again["model_fingerprint"].startswith("local:")
+
+
+def test_cells_of_an_earlier_method_revision_are_rerun_and_marked(setup, monkeypatch):
+    """A cell made before its method's last fix (lower ``method_revision``; none recorded = 1) is kept
+    in the table, marked, until a rerun replaces it; cells at the current revision are kept."""
+    from restore_cli.solvers import PiGDM
+
+    d, suite = setup
+    out = d / "out"
+    if not (out / "results.json").exists():
+        assert bench(suite, "-o", out, "--device", "cpu", "-q").exit_code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert {c["method_revision"] for c in data["cells"].values()} == {1}
+    pig = [k for k, c in data["cells"].items() if c["status"] == "ok" and c["config"]["method"] == "pigdm"]
+    dps = next(k for k, c in data["cells"].items() if c["status"] == "ok" and c["config"]["method"] == "dps")
+    for k in pig:
+        data["cells"][k]["summary"]["psnr"]["mean"] = 99.0
+    del data["cells"][pig[0]]["method_revision"]  # from before revisions were recorded: 1
+    data["cells"][dps]["summary"]["psnr"]["mean"] = 98.0
+    (out / "results.json").write_text(json.dumps(data))
+    from restore_cli.bench_results import markdown_table
+
+    assert "†" not in markdown_table(data)
+    monkeypatch.setattr(PiGDM, "revision", 2)  # a fix to PiGDM since those cells ran
+    md = markdown_table(data)
+    assert md.count(" † |") == len(pig) and f"† {len(pig)} cell(s) made by an earlier revision" in md
+    assert bench(suite, "-o", out, "--device", "cpu", "-q").exit_code == 0
+    again = json.loads((out / "results.json").read_text())["cells"]
+    for k in pig:
+        assert again[k]["summary"]["psnr"]["mean"] != 99.0 and again[k]["method_revision"] == 2
+    assert again[dps]["summary"]["psnr"]["mean"] == 98.0  # DPS's cell is current: kept
+    assert "†" not in (out / "results.md").read_text()
 
 
 def test_compare_and_tolerances():

@@ -126,3 +126,28 @@ def test_shards_merge_to_the_finished_and_then_the_newer_cell(report):
     assert [m[k]["summary"]["psnr"]["mean"] for k in "abc"] == [20, 11, 22]
     m = report.merge([new, old], suite)["cells"]
     assert [m[k]["summary"]["psnr"]["mean"] for k in "abc"] == [20, 11, 22]
+
+
+def test_merge_prefers_a_cell_of_the_methods_current_revision(report):
+    """A newer cell made by an earlier revision of its method loses to an older one made by the current
+    revision; the table marks an outdated cell that is all there is."""
+    from types import SimpleNamespace
+
+    from restore_cli.bench_results import current_revision
+
+    rev = current_revision("resample", "inpaint")
+    assert rev >= 2  # ReSample's defaults changed (tweedie, dsg_stages) since its first cells
+
+    def c(psnr, finished, revision=None):
+        x = cell("inpaint", {"mask": "box"}, "resample", False, 1.0, [psnr])
+        return {**x, "finished": finished, **({"method_revision": revision} if revision else {})}
+
+    suite = SimpleNamespace(cells=[SimpleNamespace(key="a")])
+    current = {"started": "t", "cells": {"a": c(20, "2026-12-01T00:00:00+00:00", rev)}}
+    stale = {"started": "t", "cells": {"a": c(10, "2026-12-05T00:00:00+00:00")}}  # none recorded: 1
+    for order in ([current, stale], [stale, current]):
+        assert report.merge(order, suite)["cells"]["a"]["summary"]["psnr"]["mean"] == 20
+    assert report.outdated(stale["cells"]["a"]) and not report.outdated(current["cells"]["a"])
+    # the DPS phase-retrieval fix is on that task only
+    assert current_revision("dps", "phase-retrieval") > current_revision("dps", "inpaint") == 1
+    assert current_revision("dps", "phase-retrieval", "latent") == current_revision("latent-dps", "phase-retrieval") == 1

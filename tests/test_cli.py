@@ -279,3 +279,22 @@ def test_a_diverged_image_fails_with_its_reason(tiny_model, photos, tmp_path):
     for rec in m["images"]:
         assert rec["status"] == "failed" and "diverged" in rec["error"] and rec["psnr"] is None
         assert not Path(rec["output"]).exists() and Path(rec["measurement"]).exists()
+
+
+def test_a_folder_made_by_an_earlier_method_revision_is_not_resumed(photos, tmp_path, monkeypatch):
+    """metrics.json records the method's revision; a rerun after a fix to the method (a higher
+    revision) is refused rather than mixing old and new results, and a record from before the
+    field existed counts as revision 1."""
+    from restore_cli.solvers import PosteriorMean
+
+    out = tmp_path / "out"
+    args = ("inpaint", photos / "astro.png", "--model", "gaussian", "--method", "posterior-mean", "-o", out)
+    assert run(*args).exit_code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["method"]["revision"] == 1
+    del m["config"]["method"]["revision"]  # a folder from before revisions were recorded
+    (out / "metrics.json").write_text(json.dumps(m))
+    assert run(*args).exit_code == 0  # resumes: the image is done
+    monkeypatch.setattr(PosteriorMean, "revision", 2)
+    r = run(*args)
+    assert r.exit_code == 2 and "method.revision: 1 -> 2" in r.output

@@ -2,7 +2,8 @@
 
 The suite format is described in bench_suite.py.  Each cell has a key (a hash of everything that
 defines it); ``results.json`` is rewritten after every cell and a rerun skips finished cells whose
-key, model-weights fingerprint and suite context all match, so an interrupted suite resumes.
+key, model-weights fingerprint and suite context all match, so an interrupted suite resumes, unless
+the cell was made by an earlier revision of its method (``Solver.revision``: a fix or a new default).
 Every batch is measured, solved and scored by ``batch.solve_batch``/``batch.score``, exactly as
 ``restore <task>`` does it.
 
@@ -163,13 +164,14 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     res_path = output / "results.json"
-    previous = {}
+    previous, prev_models = {}, {}
     if res_path.exists() and shard.main:
         try:
-            previous = json.loads(res_path.read_text()).get("cells", {})
-        except (json.JSONDecodeError, OSError):
-            previous = {}
-    previous = shard.broadcast(previous)  # every process starts from the same state
+            old = json.loads(res_path.read_text())
+            previous, prev_models = old.get("cells", {}), old.get("models", {})
+        except (json.JSONDecodeError, OSError, AttributeError):
+            previous, prev_models = {}, {}
+    previous, prev_models = shard.broadcast((previous, prev_models))  # every process starts from the same state
     context = suite_context(suite)
     models = _Models(device, suite.models_file)
     ok, where = lpips_status(suite.lpips_net)
@@ -185,7 +187,7 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     }
     data["suite"]["context"] = context
 
-    from .bench_results import markdown_table
+    from .bench_results import current_revision, markdown_table, outdated
 
     def flush():
         md = markdown_table(data)
@@ -223,9 +225,16 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     for cell in suite.cells:
         if cell.key in previous:
             data["cells"][cell.key] = previous[cell.key]
+            if cell.model in prev_models:  # the record of the model a kept cell ran on
+                data["models"].setdefault(cell.model, prev_models[cell.model])
     selected = [(n, cell) for n, cell in enumerate(suite.cells) if not only or any(o in cell.label for o in only)]
-    todo = [(n, c) for n, c in selected
-            if rerun or (previous.get(c.key) or {}).get("status") not in ("ok", "skipped")]
+
+    def done(prev: dict | None, cell: Cell) -> bool:
+        """A finished cell to keep: ok or skipped, by its method's current revision."""
+        return (bool(prev) and prev.get("status") in ("ok", "skipped")
+                and not outdated(prev, models.spec(cell.model).kind))
+
+    todo = [(n, c) for n, c in selected if rerun or not done(previous.get(c.key), c)]
     mine = {c.key for _, c in shard.share(todo)}
     touched: set[str] = set()
     for n, cell in selected:
@@ -233,8 +242,10 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
             continue  # another process's cell
         touched.add(cell.key)
         prev = None if rerun else previous.get(cell.key)  # --rerun redoes the selected cells only
-        entry = {"config": asdict(cell), "label": cell.label, "model_fingerprint": prints[cell.model], "context": context}
-        if prev and prev.get("status") in ("ok", "skipped"):
+        entry = {"config": asdict(cell), "label": cell.label, "model_fingerprint": prints[cell.model], "context": context,
+                 "space": models.spec(cell.model).kind,
+                 "method_revision": current_revision(cell.method, cell.task, models.spec(cell.model).kind)}
+        if done(prev, cell):
             data["cells"][cell.key] = prev
             emit("cell", {"n": n, "total": len(suite.cells), "label": cell.label, "status": "done before"})
             continue

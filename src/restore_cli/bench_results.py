@@ -7,6 +7,7 @@ on other images or seeds (its context hash).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,6 +22,36 @@ def load_results(path: Path) -> dict:
     if not isinstance(data, dict) or "cells" not in data:
         raise SuiteError(f"{path}: not a restore bench results.json (no 'cells')")
     return data
+
+
+def current_revision(method: str, task: str, space: str | None = None) -> int | None:
+    """The revision of ``method``'s results on ``task`` with a ``space`` model (None: the method's first)
+    in this restore (``Solver.method_revision``); None for a method it no longer has."""
+    from .catalog import METHODS
+
+    info = METHODS.get(method)
+    return None if info is None else info.cls.method_revision(task, space or info.spaces[0])
+
+
+@functools.cache
+def _model_space(model: str) -> str | None:
+    """A model's kind by its registry name or folder (cells from before ``space`` was recorded)."""
+    from .config import load_registry
+
+    try:
+        return load_registry().get(model).kind
+    except Exception:  # noqa: BLE001 - a model no longer known: the method's first space
+        return None
+
+
+def outdated(cell: dict, space: str | None = None) -> bool:
+    """Whether a cell was made by an earlier revision of its method than this restore's (a cell from
+    before revisions were recorded counts as revision 1): ``restore bench`` reruns it.  ``space``: its
+    model's kind, when the caller knows it (else the cell's record, else the registry's)."""
+    cfg = cell["config"]
+    space = cell.get("space") or space or _model_space(cfg.get("model", ""))
+    cur = current_revision(cfg["method"], cfg["task"], space)
+    return cur is not None and cell.get("method_revision", 1) < cur
 
 
 def _fmt(s: dict | None, d: int) -> str:
@@ -45,6 +76,7 @@ def markdown_table(data: dict) -> str:
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     noises = [c["config"].get("noise_sigma") for c in data["cells"].values()]
     usual = suite.get("noise_sigma", max(set(noises), key=noises.count) if noises else None)  # shown when a cell differs
+    old = 0
     for key, c in data["cells"].items():
         cfg = c["config"]
         task = cfg["task"] + ("" if not cfg["task_opts"] else " " + ",".join(str(v) for v in cfg["task_opts"].values()))
@@ -53,6 +85,8 @@ def markdown_table(data: dict) -> str:
                             + ([f"steps={cfg['steps']}"] if cfg.get("steps") else [])
                             + ([f"noise {cfg['noise_sigma']:g}"] if cfg.get("noise_sigma") not in (None, usual)
                                else [])) or "default"
+        if c["status"] == "ok" and outdated(c):
+            setting, old = setting + " †", old + 1
         head = f"| {task} | {cfg['method']} | {'yes' if cfg['diffstategrad'] else 'no'} | {cfg['model']} | {setting} |"
         if c["status"] != "ok":
             lines.append(f"{head} {c['status']}: {c.get('reason') or c.get('error')} | | | | | | |")
@@ -61,6 +95,9 @@ def markdown_table(data: dict) -> str:
         mem = "-" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
         lines.append(f"{head} {_fmt(s['psnr'], 2)} | {_fmt(s['ssim'], 3)} | {_fmt(s['lpips'], 3)} | "
                      f"{100 * s['failure_rate']:.0f}% | {s['nfe']} | {_fmt1(s['seconds'])} | {mem} |")
+    if old:
+        lines += ["", f"† {old} cell(s) made by an earlier revision of their method (a fix or a new default "
+                  "since): `restore bench` reruns them."]
     return "\n".join(lines) + "\n"
 
 

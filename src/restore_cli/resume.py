@@ -20,11 +20,11 @@ if TYPE_CHECKING:
 
 # the parts of metrics.json's "config" that decide the results: a rerun resumes only when they all match
 RESULT_KEYS = (("task",), ("mode",), ("operator", "task_options"), ("operator", "noise_sigma"), ("method", "name"),
-               ("method", "overrides"), ("method", "diffstategrad"), ("restarts",), ("model", "name"),
+               ("method", "revision"), ("method", "overrides"), ("method", "diffstategrad"), ("restarts",), ("model", "name"),
                ("model", "revision"), ("model", "prompt"), ("seed",), ("dtype",), ("fit",), ("lpips", "net"),
                ("samples",))
 # what a key missing from an earlier run's config meant (it predates the key)
-RESULT_DEFAULTS = {("samples",): 1}
+RESULT_DEFAULTS = {("samples",): 1, ("method", "revision"): 1}
 
 
 def _get(d: dict, path: tuple):

@@ -144,6 +144,9 @@ class Solver:
     # the measurement-guidance step size(s): what `restore bench` scales in a step-size sweep
     guidance_keys: tuple[str, ...] = ()
     decode_result = True  # run() decodes the final sample (False: the subclass's run does, after refining it)
+    # Bumped when a change alters the method's results (a fix, a new default): `restore bench` reuses a
+    # finished cell only at its method's current revision, and its tables mark older cells.
+    revision = 1
 
     def __init__(self, prior: Prior, op: Operator, diffstategrad: DiffStateGrad | None = None, **hparams):
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -160,6 +163,12 @@ class Solver:
                 raise ValueError(f"{self.name}: {key} must be one of {', '.join(map(str, allowed))}")
         self.hp = {**self.defaults, **self.defaults_for(prior, op.task_key), **hparams}
         self.n_backward = 0
+
+    @classmethod
+    def method_revision(cls, task: str, space: str = "pixel") -> int:
+        """The revision of this method's results on ``task`` (a task name: ``"phase-retrieval"``) with a
+        ``space`` model; a subclass whose change touched one task or space only overrides this."""
+        return cls.revision
 
     @classmethod
     def tuned_steps(cls, space: str, steps_key: str):

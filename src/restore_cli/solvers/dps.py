@@ -59,6 +59,11 @@ class DPS(Solver):
     task_defaults = {"inpaint_box": {"zeta": 0.5}, "inpaint_random": {"zeta": 0.5}, "inpaint_freeform": {"zeta": 0.5},
                      "inpaint_file": {"zeta": 0.5}, "phase_retrieval": {"zeta": 1.0}}
 
+    @classmethod
+    def method_revision(cls, task: str, space: str = "pixel") -> int:
+        """2 for pixel DPS on phase retrieval: the residual in the DPS code's units (twice the earlier step)."""
+        return 2 if task == "phase-retrieval" and space == "pixel" else cls.revision
+
     def sigmas(self):
         return self.prior.schedule.ddim_sigmas(int(self.hp["steps"]))
 

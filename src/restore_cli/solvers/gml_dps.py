@@ -34,6 +34,7 @@ class GMLDPS(Solver):
     defaults = {"steps": 1000, "eta": 0.0, "omega": 1.0, "gamma": 0.1, "encode": "sample"}
     choices = {"encode": ("sample", "mean")}
     guidance_keys = ("omega", "gamma")
+    revision = 2  # 2: the encoder samples the KL posterior (encode=sample), as PSLD's code
 
     def glue(self, img: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The image whose encoding ``z0_hat`` should equal (GML-DPS: the decoded image itself)."""

@@ -91,6 +91,7 @@ class P2L(Solver):
                 "prompt_lr": 1e-4, "every": 4, "lam": 1.0, "cg_iters": 20}
     choices = {"latent_update": LATENT_UPDATES}
     guidance_keys = ("rho",)  # the z_t update's step (line 12 / Alg. 3 line 14)
+    revision = 2  # 2: a fresh Adam for the prompt at every OPTIMIZEEMB call (Algorithm 2)
 
     def defaults_for(self, prior, task_key):
         """Table 6's FFHQ column for the task (every inpainting mask uses the inpainting column)."""

@@ -39,6 +39,7 @@ class PSLD(GMLDPS):
     STABLE_DIFFUSION = {"inpaint_box": {"omega": 0.1, "gamma": 0.01}, "*": {"omega": 1.0, "gamma": 0.1}}
     defaults = {**GMLDPS.defaults, "glue": "code"}
     choices = {**GMLDPS.choices, "glue": ("code", "adjoint")}
+    revision = 2  # 2: glue with the code's "transpose" (glue=code); the encoder samples the KL posterior
 
     def defaults_for(self, prior, task_key):
         """LDM-VQ-4 FFHQ (unconditional) or Stable Diffusion (text-conditioned) weights of the code;

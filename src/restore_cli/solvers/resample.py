@@ -76,6 +76,7 @@ class ReSample(Solver):
     decode_result = False  # run() decodes only the final latent optimisation's result
     guidance_keys = ("latent_lr",)  # the stage DiffStateGrad projects
     choices = {"tweedie": ("paper", "reference"), "dsg_stages": ("code", "paper")}
+    revision = 2  # 2: tweedie=reference and dsg_stages=code by default (what produced the tables)
 
     def __init__(self, prior, op, diffstategrad=None, **hparams):
         super().__init__(prior, op, diffstategrad, **hparams)
