@@ -44,12 +44,21 @@ def task_of(c) -> str:
     return c["label"].split()[0]
 
 
+def default_dsg(opts: dict) -> bool:
+    """Whether a cell's DiffStateGrad options are its defaults: none given, or only the default rank
+    rule and variance cutoff named (a suite that compares rank rules names the default one too)."""
+    from restore_cli.solvers.projection import DiffStateGrad
+
+    d = DiffStateGrad().params()
+    return all(k in ("rank_mode", "var_cutoff") and v == d[k] for k, v in (opts or {}).items())
+
+
 def find(data, where, method, dsg, guidance=1.0):
     """The summary (and per-image records) of the finished cell at the method's defaults (not a
     sweep point) on the task ``where``, as a label writes it: 'inpaint[mask=box]', 'phase-retrieval[]'."""
     for cfg, c in cells(data):
         if (task_of(c) == where and cfg["method"] == method and cfg["diffstategrad"] == dsg
-                and cfg["guidance"] == guidance and not cfg.get("dsg_opts") and not cfg.get("hparams")
+                and cfg["guidance"] == guidance and default_dsg(cfg.get("dsg_opts")) and not cfg.get("hparams")
                 and c["status"] == "ok"):
             return {**c["summary"], "images": c["images"]}
     return None

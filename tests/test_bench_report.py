@@ -76,6 +76,16 @@ def test_bars_read_the_default_cells_not_a_sweep_point(report):
     swept["config"]["dsg_opts"] = {"var_cutoff": 0.5}
     d = data(swept, *grid("inpaint", box, "dps", [20], [20], [19], [19.5]))
     assert report.robustness(d, "inpaint[mask=box]", "dps", 10.0)["with"] == "+0.50 dB"
+    # a suite comparing rank rules names the default one: that cell is the default, the other a sweep point
+    g = grid("inpaint", box, "psld", [20], [20], [19], [19.5])
+    for c in g[1::2]:
+        c["config"]["dsg_opts"] = {"rank_mode": "channels"}
+    paper = [dict(c, config={**c["config"], "dsg_opts": {"rank_mode": "paper"}}) for c in g[1::2]]
+    for c in paper:
+        c["summary"] = {**c["summary"], "psnr": {"mean": 1.0}}
+    d = data(*paper, *g)
+    assert report.robustness(d, "inpaint[mask=box]", "psld", 10.0)["with"] == "+0.50 dB"
+    assert report.robustness(data(*paper, *g[::2]), "inpaint[mask=box]", "psld", 10.0) is None
 
 
 def test_bar1_compares_lpips_with_the_posterior_mean(report):
