@@ -341,3 +341,53 @@ def test_bench_set_overrides_the_cells_whose_method_has_the_key(setup):
     for bad, msg in (("nope=1", "no method of the suite has nope"), ("zeta=x", "zeta"), ("zeta", "KEY=VALUE")):
         r = bench(suite, "--set", bad, "-o", d / "never")
         assert r.exit_code == 2 and msg in r.output, r.output
+
+
+def test_best_per_metric_takes_each_metrics_best_run_on_its_own():
+    """The DAPS code's best-of-k report, on hand-made runs: image 0 is best in run 0 by PSNR, image 1
+    in run 1; a run whose metric is not finite is passed over."""
+    from restore_cli.bench import best_per_metric
+
+    ref = torch.zeros(2, 1, 4, 4)
+    run0 = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.5)])
+    run1 = torch.stack([torch.full((1, 4, 4), 0.3), torch.full((1, 4, 4), 0.2)])
+    run2 = torch.stack([torch.full((1, 4, 4), float("nan")), torch.full((1, 4, 4), 0.9)])
+    m, errors = best_per_metric([run0, run1, run2], ref)
+    assert not errors and m["psnr"] == pytest.approx([20.0, -20 * np.log10(0.2)])
+    assert set(m) == {"psnr", "ssim"}  # no LPIPS module given
+
+
+def test_suite_restart_rules_score_restarts_as_named(setup, tmp_path):
+    """restart_rule: the per-metric best is the oracle's PSNR (same runs, max PSNR) and at least its
+    SSIM; the residual rule's PSNR is no better; the rule is recorded and is part of the context."""
+    d, _ = setup
+
+    def suite(rule):
+        f = tmp_path / f"{rule}.toml"
+        f.write_text(f"""
+restart_rule = "{rule}"
+[images]
+paths = ["{d / 'images'}"]
+[[grid]]
+tasks = ["phase-retrieval"]
+methods = ["dps"]
+models = ["{d / 'tiny'}"]
+steps = 3
+restarts = 3
+""")
+        r = bench(f, "-o", tmp_path / rule, "--device", "cpu", "-q")
+        assert r.exit_code == 0, r.output
+        data = json.loads((tmp_path / rule / "results.json").read_text())
+        (cell,) = data["cells"].values()
+        assert cell["restart_rule"] == rule
+        return data["suite"]["context"], cell["images"]
+
+    ctx_b, best = suite("best-per-metric")
+    ctx_o, oracle = suite("oracle")
+    ctx_r, resid = suite("residual")
+    assert len({ctx_b, ctx_o, ctx_r}) == 3
+    for b, o, r in zip(best, oracle, resid):
+        assert b["psnr"] == pytest.approx(o["psnr"]) and b["ssim"] >= o["ssim"] - 1e-9 and r["psnr"] <= b["psnr"] + 1e-9
+    (tmp_path / "bad.toml").write_text('restart_rule = "best"\n[images]\npaths = ["x"]\n')
+    with pytest.raises(SuiteError, match="restart_rule must be one of"):
+        load_suite(tmp_path / "bad.toml")

@@ -96,6 +96,10 @@ def test_every_paper_suite_parses_and_matches_its_table(suite, few_images):
     matched = comparison(s.cells, {}, s.paper)
     assert {r["key"] for r in matched} == {c.key for c in s.cells}, "a cell without a published row"
     assert {r["verdict"] for r in matched} == {"not run"}
+    # scored as the code behind the table: DiffStateGrad's VGG LPIPS; the DAPS code's best-of-4 report
+    assert s.lpips_net == ("vgg" if suite.name.startswith("dsg-") else "alex")
+    restarts = any(c.restarts > 1 for c in s.cells)
+    assert s.restart_rule == ("best-per-metric" if restarts else "residual")
 
 
 @pytest.fixture(scope="module")

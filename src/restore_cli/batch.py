@@ -52,11 +52,12 @@ def solve_batch(x: torch.Tensor, ids: list[int], *, task: str, task_opts: dict, 
                 method_cls, prior, dsg=None, hparams: dict | None = None, guidance: float = 1.0,
                 restarts: int = 1, rule: str = "residual", measured: bool = False,
                 shape: tuple | None = None, on_step: Callable | None = None, samples: int = 1,
-                chunk: int | None = None) -> SolvedBatch:
+                chunk: int | None = None, keep_runs: bool = False) -> SolvedBatch:
     """Build the operator for ``x`` ([B, C, H, W], image ids ``ids``), measure (or, with
     ``measured``, take ``x`` as the measurement itself), and solve with best-of-``restarts``,
     ``samples`` times per image (each sample its own best-of-``restarts`` run), ``chunk`` rows at a time.
 
+    ``keep_runs``: every restart's images in ``result.extra["runs"]`` (one sample, one chunk).
     ``guidance`` multiplies the method's measurement-guidance step sizes (``guidance_keys``);
     ``shape`` is the working image's shape when it differs from ``x``'s (measured super-resolution)."""
     gens = [make_generators(seed, 1, offset=i)[0] for i in ids]
@@ -76,6 +77,8 @@ def solve_batch(x: torch.Tensor, ids: list[int], *, task: str, task_opts: dict, 
     rows = [i for i in range(b) for _ in range(samples)]
     row_gens = [g for i, g in zip(ids, gens) for g in [g, *sample_generators(seed, i, samples)]]
     chunk = len(rows) if chunk is None else max(1, int(chunk))
+    if keep_runs and (samples != 1 or chunk < len(rows)):
+        raise ValueError("keep_runs needs one sample per image, solved in one chunk")
     parts, solver = [], None
     with measure(x.device) as usage:
         for start in range(0, len(rows), chunk):
@@ -83,7 +86,7 @@ def solve_batch(x: torch.Tensor, ids: list[int], *, task: str, task_opts: dict, 
             whole = sel == list(range(b))  # one sample per image, all in one solve: the batch as it is
             solver = make_solver(op if whole else op.select(sel))
             part = run_with_restarts(solver, y if whole else y[sel], row_gens[start:start + chunk], restarts, rule,
-                                     None if ref is None else (ref if whole else ref[sel]), on_step)
+                                     None if ref is None else (ref if whole else ref[sel]), on_step, keep_runs)
             parts.append((sel, part))
     if len(parts) == 1 and samples == 1:
         return SolvedBatch(op, y, parts[0][1], solver, usage)

@@ -115,6 +115,8 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
         hp[info.steps_key] = cell.steps
     dsg = cell.dsg(info.cls.dsg_default_period(hp))
     cb = None if on_step is None else (lambda s: on_step(s.step + 1, s.total))
+    rule = suite.restart_rule if cell.restarts > 1 else "residual"
+    per_metric = rule == "best-per-metric"  # solved by the residual rule, every run kept and scored
     records, used_hp = [], None
     for seed in suite.seeds:
         for start in range(0, len(suite.images), suite.batch_size):
@@ -123,10 +125,11 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
             x = x.to(models.device)
             sb = solve_batch(x, ids, task=cell.task, task_opts=cell.task_opts,
                              noise_sigma=cell.noise_sigma, seed=seed, method_cls=info.cls, prior=prior, dsg=dsg,
-                             hparams=hp, guidance=cell.guidance, restarts=cell.restarts, on_step=cb)
+                             hparams=hp, guidance=cell.guidance, restarts=cell.restarts, on_step=cb,
+                             rule="residual" if per_metric else rule, keep_runs=per_metric)
             res = sb.result
             used_hp = used_hp or {k: v for k, v in sb.solver.params().items() if k != "diffstategrad"}
-            m, errors = score(res.images, x, lp)
+            m, errors = best_per_metric(res.extra["runs"], x, lp) if per_metric else score(res.images, x, lp)
             if errors:
                 raise RuntimeError(f"metric failed: {errors[0]}")
             resid = sb.residuals()
@@ -135,7 +138,23 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
                                 "lpips": m["lpips"][k] if lp is not None else None,
                                 "residual": resid[k], "nfe": res.nfe, "n_backward": res.n_backward,
                                 "seconds": sb.usage.seconds / len(ids), "peak_memory_mb": sb.usage.peak_mb})
-    return {"hyperparameters": used_hp, "images": records, "summary": summarize_cell(records, suite.failure_psnr)}
+    out = {"hyperparameters": used_hp, "images": records, "summary": summarize_cell(records, suite.failure_psnr)}
+    return {**out, "restart_rule": rule} if cell.restarts > 1 else out
+
+
+def best_per_metric(runs: list[torch.Tensor], ref: torch.Tensor, lp=None) -> tuple[dict[str, list], list[str]]:
+    """The DAPS code's best-of-k report: per image, each metric's best value over the runs on its own
+    (max PSNR, max SSIM, min LPIPS; a run whose metric is not finite counts only when all are)."""
+    from .batch import score
+
+    scored = [score(r, ref, lp) for r in runs]
+    errors = [e for _, errs in scored for e in errs]
+    best = {}
+    for name, pick in (("psnr", max), ("ssim", max), ("lpips", min)):
+        if all(name in m for m, _ in scored):
+            per_image = zip(*(m[name] for m, _ in scored))
+            best[name] = [pick((v for v in vals if v is not None), default=None) for vals in per_image]
+    return best, errors
 
 
 def summarize_cell(records: list[dict], failure_psnr: float) -> dict:

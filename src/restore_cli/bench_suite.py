@@ -7,6 +7,10 @@ A suite is a TOML file::
     noise_sigma = 0.05          # measurement noise in the papers' units (--noise-sigma), unless a grid says otherwise
     failure_psnr = 15.0         # an image under this PSNR counts as a failure (DiffStateGrad Fig. 3)
     batch_size = 8              # images per solver batch (results depend on it only through CG stopping)
+    restart_rule = "residual"   # the cells with restarts: "residual" (the run of least measurement residual),
+                                # "oracle" (max PSNR) or "best-per-metric" (the DAPS code's report: each metric's
+                                # best run against the ground truth, max PSNR, max SSIM, min LPIPS)
+    lpips_net = "alex"          # or "vgg" (DiffStateGrad's code)
 
     [images]                    # Fashion-MNIST's test split (Debian's dataset-fashion-mnist) ...
     fashion_mnist = "test"
@@ -22,7 +26,7 @@ A suite is a TOML file::
     set = { eta = 1.0 }         # optional: fixed hyperparameters (only where the method has them)
     guidance = [1.0, 10.0]      # optional: multiplies each method's measurement-guidance step size
     sweep = { zeta = [0.3, 3] } # optional: explicit values of hyperparameters
-    restarts = 4                # optional (phase retrieval: best-of-k by measurement residual)
+    restarts = 4                # optional (phase retrieval: best-of-k by the suite's restart_rule)
     var_cutoff = [0.99, 0.999]  # optional, on the cells with DSG: its tau (also period, rank_mode)
 
 A (task, method, model) that does not go together is listed in the results as skipped with
@@ -106,6 +110,9 @@ def dsg_setting(opts: dict) -> list[str]:
     return [f"{names[k]}={opts[k]}" for k in names if k in opts]
 
 
+RESTART_RULES = ("residual", "oracle", "best-per-metric")
+
+
 @dataclass
 class Suite:
     name: str
@@ -116,6 +123,7 @@ class Suite:
     batch_size: int
     cells: list[Cell]
     lpips_net: str = "alex"
+    restart_rule: str = "residual"  # RESTART_RULES
     description: str = ""
     image_source: dict = field(default_factory=dict)
     models_file: Path | None = None
@@ -209,10 +217,13 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
     path = Path(path)
     data = _read(path, "suite file", tomllib.loads, tomllib.TOMLDecodeError, "TOML")
     known = {"name", "description", "seeds", "noise_sigma", "failure_psnr", "batch_size", "images", "grid", "lpips_net",
-             "models_file", "paper"}
+             "models_file", "paper", "restart_rule"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SuiteError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    rule = str(data.get("restart_rule", "residual"))
+    if rule not in RESTART_RULES:
+        raise SuiteError(f"{path}: restart_rule must be one of {', '.join(RESTART_RULES)}, got {rule!r}")
     if models_file is None:
         models_file = path.parent / data["models_file"] if "models_file" in data else None
     paper = None
@@ -328,7 +339,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
         raise SuiteError(f"{path}: the suite has no " + ("images" if not images else "seeds" if not seeds else "cells"))
     return Suite(name=str(data.get("name", path.stem)), path=path, images=images, seeds=seeds,
                  failure_psnr=float(data.get("failure_psnr", 15.0)), batch_size=int(data.get("batch_size", 8)),
-                 cells=unique, lpips_net=str(data.get("lpips_net", "alex")),
+                 cells=unique, lpips_net=str(data.get("lpips_net", "alex")), restart_rule=rule,
                  description=str(data.get("description", "")), image_source=dict(spec), models_file=models_file,
                  paper=paper)
 
@@ -337,8 +348,9 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
 
 def suite_context(suite: Suite) -> str:
     """A hash of what every cell's numbers depend on besides the cell itself: the images (ids and
-    pixels), the seeds, the failure threshold and the LPIPS network."""
-    h = hashlib.sha1(json.dumps([suite.seeds, suite.failure_psnr, suite.lpips_net]).encode())
+    pixels), the seeds, the failure threshold, the LPIPS network and a restart rule other than the default."""
+    rule = [] if suite.restart_rule == "residual" else [suite.restart_rule]
+    h = hashlib.sha1(json.dumps([suite.seeds, suite.failure_psnr, suite.lpips_net, *rule]).encode())
     for name, img in suite.images:
         h.update(name.encode())
         h.update(img.float().contiguous().numpy().tobytes())
