@@ -86,7 +86,8 @@ COMMON = [
     P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.")]),
     P("noise_sigma", P.KEYWORD_ONLY, default=0.01, annotation=Annotated[float, typer.Option(
         "--noise-sigma", help=escape("Measurement noise std in the papers' units: on [-1, 1] images, as their codes add it "
-        "(phase retrieval: on |FFT| of [0, 1] images, as DAPS). 0.01: DiffStateGrad's PSLD and ReSample rows, P2L's tables; "
+        "(phase retrieval: on |FFT| of [0, 1] images, as DAPS; DPS's code takes |FFT| of [-1, 1] images, about twice as "
+        "large, so its 0.05 is about 0.025 here). 0.01: DiffStateGrad's PSLD and ReSample rows, P2L's tables; "
         "0.05: DPS's and DAPS's (DiffStateGrad's DAPS rows too)."))]),
     P("batch_size", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
         "--batch-size", help="Images per batch (with --samples N: solves per batch, an image being N of them).")]),
