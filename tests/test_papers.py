@@ -47,6 +47,11 @@ def test_cells_are_matched_to_published_rows():
     assert rows[0]["source"] == "Table 3, line 104"
     md = markdown(rows, table)
     assert "| 30.50 (1.00) | 27.92 (1.90) | better |" in md and "1 within, 1 better, 3 not run" in md
+    assert "Our images" not in md and "different samples" not in markdown(rows, table, 4)
+    # a paper that says how many images its means average: fewer of ours is said beside the verdicts
+    md = markdown(rows, {**table, "n_images": 100}, 4)
+    assert "Our images: 4. **The paper's numbers average 100" in md
+    assert "different samples" not in markdown(rows, {**table, "n_images": 100}, 100)
 
 
 def test_step_scale_rows_match_the_guidance():

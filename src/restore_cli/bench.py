@@ -215,7 +215,7 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
 
             data["paper"] = {k: v for k, v in suite.paper.items() if k != "rows"}
             data["paper"]["comparison"] = rows = comparison(suite.cells, data["cells"], suite.paper)
-            md += "\n" + markdown(rows, suite.paper)
+            md += "\n" + markdown(rows, suite.paper, len(suite.images))
         write_json_atomic(res_path, data)
         (output / "results.md").write_text(md)
 

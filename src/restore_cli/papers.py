@@ -144,11 +144,15 @@ def comparison(cells: list, results: dict, table: dict) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], table: dict) -> str:
-    """The comparison as a Markdown section (appended to results.md)."""
+def markdown(rows: list[dict], table: dict, n_images: int | None = None) -> str:
+    """The comparison as a Markdown section (appended to results.md); ``n_images``: how many images ours average."""
     head = [f"## Against the paper: {table.get('paper', '')} {table.get('table', '')} ({table.get('dataset', '')})", ""]
     if table.get("images"):
         head += [f"Paper's images: {table['images']}", ""]
+    if n_images is not None:
+        want = table.get("n_images")
+        head += [f"Our images: {n_images}." + (f" **The paper's numbers average {want}: the verdicts compare "
+                                                f"different samples.**" if want and want != n_images else ""), ""]
     head += ["| cell | metric | ours mean (std) | paper mean (std) | verdict |", "| --- | --- | ---: | ---: | --- |"]
     for r in rows:
         digits = 2 if r["metric"] == "psnr" else 3  # as the papers print them
