@@ -1,7 +1,9 @@
-"""Paper suites: the published numbers beside ours, the verdict logic on hand-made cells, and every suite in
-benchmarks/papers/ parsed (and, for the pixel ones, run for 2 steps on random weights of the exact architecture)."""
+"""Paper suites: the published numbers beside ours, the verdict logic on hand-made cells, every suite in
+benchmarks/papers/ parsed and run cell by cell for 2 steps on tiny stand-ins of its models, Table 2's DAPS
+cells on random weights of the exact architecture, and (``-m realsize``) each suite's first cells at real size."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,62 @@ def test_a_paper_suite_runs_end_to_end_on_the_exact_architecture(random_models, 
     assert {r["cell"].split(" ")[1] for r in ran} == {"daps", "daps+dsg"} and len(ran) == 2 * 3
     assert all(r["verdict"] in ("within", "better", "worse") for r in ran)
     assert "against diffstategrad Table 2" in output
+
+
+@pytest.fixture(scope="module")
+def tiny_stand_ins(tmp_path_factory):
+    """A models file naming every model of the paper suites as a tiny random model of its kind: a pixel
+    UNet, an LDM-VQ-like latent model, a text-conditioned Stable-Diffusion-like one."""
+    from diffusers import DDPMScheduler
+
+    from restore_cli.config import load_registry, local_model
+    from restore_cli.testing import save_tiny_latent_model, tiny_unet
+
+    root, reg, lines = tmp_path_factory.mktemp("stand-ins"), load_registry(), []
+    names = sorted({n for p in paper_suites() if p.name != "published.toml"
+                    for n in re.findall(r'models = \[([^]]*)\]', p.read_text()) for n in re.findall(r'"([^"]+)"', n)})
+    for name in names:
+        spec, d = reg.get(name), root / name
+        if spec.kind == "pixel":
+            tiny_unet(3, 3, size=16).save_pretrained(d)
+            DDPMScheduler(num_train_timesteps=1000).save_pretrained(d)
+        else:
+            save_tiny_latent_model(d, "kl" if "text_encoder" in spec.components else "vq",
+                                   conditional="text_encoder" in spec.components)
+        comps = local_model(d).components
+        lines += [f"[models.{name}]", f'kind = "{spec.kind}"', 'source = "local"', f'path = "{d}"',
+                  "components = { " + ", ".join(f'{k} = "{v}"' for k, v in comps.items()) + " }", ""]
+    (root / "models.toml").write_text("\n".join(lines))
+    return root / "models.toml"
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory):
+    """One 32x32 photograph: the stand-ins' latents are 16x16."""
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("small-image")
+    Image.fromarray(data.astronaut()).resize((32, 32)).save(d / "00000.png")
+    return d
+
+
+@pytest.mark.parametrize("suite", [p for p in paper_suites() if p.name != "published.toml"], ids=lambda p: p.stem)
+def test_every_paper_suite_runs_every_cell_on_tiny_stand_ins(suite, tiny_stand_ins, small_image, tmp_path):
+    """Every cell of every paper suite (its tasks, methods, restart rule and LPIPS network) runs end to end
+    for 2 steps on tiny stand-ins of its models and is compared with its published row; the exact
+    architectures are checked by the realsize test below and the Table 2 test above."""
+    s = load_suite(suite, images=small_image)
+    quick = ["--set", "pixel_iters=2", "--set", "latent_iters=2"] if any(c.method == "resample" for c in s.cells) else []
+    data, _ = run_paper_suite(suite, small_image, tiny_stand_ins, tmp_path / suite.stem, *quick)
+    cells = data["cells"].values()
+    assert all(c["status"] == "ok" or "--kernel-model" in c.get("reason", "") for c in cells), \
+        [c.get("error") or c.get("reason") for c in cells if c["status"] != "ok"]
+    assert data["lpips"]["net"] == s.lpips_net and data["lpips"]["available"]
+    for c in cells:
+        if c["status"] == "ok" and c["config"]["restarts"] > 1:
+            assert c["restart_rule"] == s.restart_rule
+    ran = {r["key"] for r in data["paper"]["comparison"] if r["verdict"] != "not run"}
+    assert ran == {k for k, c in data["cells"].items() if c["status"] == "ok"}
 
 
 @pytest.mark.realsize
