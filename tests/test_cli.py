@@ -298,3 +298,15 @@ def test_a_folder_made_by_an_earlier_method_revision_is_not_resumed(photos, tmp_
     monkeypatch.setattr(PosteriorMean, "revision", 2)
     r = run(*args)
     assert r.exit_code == 2 and "method.revision: 1 -> 2" in r.output
+
+
+def test_metrics_record_the_noise_in_the_papers_units_and_on_0_1_images(photos, tmp_path):
+    """--noise-sigma 0.02 in the papers' units is noise of std 0.01 on [0, 1] images, and metrics.json says both."""
+    out = tmp_path / "out"
+    r = run("inpaint", photos / "astro.png", "--model", "gaussian", "--method", "posterior-mean",
+            "--noise-sigma", "0.02", "-o", out)
+    assert r.exit_code == 0, r.output
+    m = metrics(out)
+    opr = m["config"]["operator"]
+    assert opr["noise_sigma"] == 0.02 and "[-1, 1]" in opr["noise_unit"] and opr["sigma_y_01"] == pytest.approx(0.01)
+    assert m["images"][0]["operator"]["sigma_y"] == pytest.approx(0.01)

@@ -380,6 +380,61 @@ def test_resample_dsg_stages_code_and_paper():
     assert torch.equal(plain[0], plain[1])
 
 
+def test_resample_dsg_takes_the_svd_of_the_state_each_configuration_names(monkeypatch):
+    """Which state the projector's SVD is of, step by step: the look-ahead state ``w`` (the last DDIM output
+    of the step) for the code's latent stage and its decoded image in ``[-1, 1]`` for its pixel stage;
+    ``z'_t`` (the step's first DDIM output) for Algorithm 5."""
+    from restore_cli.solvers import resample as mod
+
+    prior, op, truth, y = oracle_task("box", latent=True)
+    # without the code's DPS nudge, z'_t is exactly the step's first DDIM output
+    hp = dict(steps=30, every=2, lookahead=2, pixel_iters=2, latent_iters=2, dps_scale=0.0)
+    real_proj = mod.projector
+    for stages in ("code", "paper"):
+        s = ReSample(prior, op, DiffStateGrad(0.9), dsg_stages=stages, **hp)
+        events, inside = [], [False]
+        real_next, real_step = s.ddim_next, s.step
+
+        def ddim_next(*a, **k):
+            out = real_next(*a, **k)
+            events.append(("ddim", out.detach().clone()))
+            return out
+
+        def step(*a, **k):
+            events.append(("step", None))
+            inside[0] = True
+            try:
+                return real_step(*a, **k)
+            finally:
+                inside[0] = False
+
+        def projector(dsg, state):
+            if inside[0]:
+                events.append(("proj", state.detach().clone()))
+            return real_proj(dsg, state)
+
+        s.ddim_next, s.step = ddim_next, step
+        monkeypatch.setattr(mod, "projector", projector)
+        s.run(y, make_generators(3, 1))
+        checked = {"latent": 0, "pixel": 0}
+        outs = []
+        for kind, t in events:
+            if kind == "step":
+                outs = []
+            elif kind == "ddim":
+                outs.append(t)
+            else:
+                assert len(outs) > 1 and not torch.equal(outs[0], outs[-1])  # the look-ahead ran: w is not z'_t
+                if t.shape == outs[-1].shape:  # the latent stage
+                    assert torch.equal(t, outs[-1] if stages == "code" else outs[0])
+                    checked["latent"] += 1
+                else:  # the pixel stage (the code's only)
+                    assert stages == "code"
+                    assert torch.allclose(t, prior.decode(outs[-1]) * 2 - 1)
+                    checked["pixel"] += 1
+        assert checked["latent"] > 0 and (checked["pixel"] > 0) == (stages == "code")
+
+
 def test_psld_code_transpose_keeps_sides_that_are_not_multiples_of_the_factor():
     """Nearest upsampling of a 62-pixel measurement is 248 pixels: the glued image is padded back to 250."""
     from restore_cli import ops
