@@ -4,7 +4,7 @@ A suite is a TOML file::
 
     name = "fmnist-regression"
     seeds = [0]                 # every image is restored once per seed
-    noise_sigma = 0.05          # measurement noise in the papers' units (--noise-sigma), unless a grid says otherwise
+    noise_sigma = 0.05          # measurement noise in the papers' units (--noise-sigma; default: its 0.01), unless a grid says otherwise
     failure_psnr = 15.0         # an image under this PSNR counts as a failure (DiffStateGrad Fig. 3)
     batch_size = 8              # images per solver batch (results depend on it only through CG stopping)
     restart_rule = "residual"   # the cells with restarts: "residual" (the run of least measurement residual),
@@ -211,6 +211,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
     which cannot ship; without it those cells are skipped, saying so); ``overrides``: ``KEY=VALUE``
     strings set on every cell whose method has ``KEY`` (over the suite's own; a key no method of the
     suite has is an error), e.g. capping ReSample's inner iterations for a quick check."""
+    from .catalog import DEFAULT_NOISE_SIGMA
     from .config import ConfigError, load_registry
     from .registry import METHODS, TASKS, UsageError, parse_set
 
@@ -241,7 +242,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
         reg = load_registry(models_file)
     except ConfigError as e:
         raise SuiteError(str(e)) from None
-    noise = float(data.get("noise_sigma", 0.05))
+    noise = float(data.get("noise_sigma", DEFAULT_NOISE_SIGMA))  # the CLI's: one default everywhere
     cells: list[Cell] = []
     grids = data.get("grid") or []
     if not grids:

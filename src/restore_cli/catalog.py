@@ -173,6 +173,7 @@ def check_method_options(info: MethodInfo, task: str, task_opts: dict, diffstate
 # (DPS, DAPS, PSLD, ReSample, DiffStateGrad), except phase retrieval, where DAPS measures the [0, 1]
 # image.  Operators add noise in restore's [0, 1] units: sigma_y = noise_sigma / scale.  The scale is
 # each operator's residual_scale (tests/test_ops.py checks that they agree).
+DEFAULT_NOISE_SIGMA = 0.01  # --noise-sigma's default, in the papers' units: DiffStateGrad's (its tables run every method there)
 NOISE_UNITS = {"phase-retrieval": (1.0, "std of the noise on |FFT| of [0, 1] images (DAPS's phase retrieval)")}
 DEFAULT_NOISE_UNIT = (2.0, "std of the noise on measurements of [-1, 1] images (the papers' codes)")
 

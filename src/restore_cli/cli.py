@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .catalog import METHODS
+from .catalog import DEFAULT_NOISE_SIGMA, METHODS
 from .console import (BenchProgress, RunProgress, err, out, print_summary, quiet_hub, quiet_libraries, rich_tqdm,
                       usage_error)
 
@@ -84,7 +84,7 @@ COMMON = [
     P("steps", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
         "--steps", help="Sampling steps (default: the method's).")]),
     P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.")]),
-    P("noise_sigma", P.KEYWORD_ONLY, default=0.01, annotation=Annotated[float, typer.Option(
+    P("noise_sigma", P.KEYWORD_ONLY, default=DEFAULT_NOISE_SIGMA, annotation=Annotated[float, typer.Option(
         "--noise-sigma", help=escape("Measurement noise std in the papers' units: on [-1, 1] images, as their codes add it "
         "(phase retrieval: on |FFT| of [0, 1] images, as DAPS; DPS's code takes |FFT| of [-1, 1] images, about twice as "
         "large, so its 0.05 is about 0.025 here). 0.01: DiffStateGrad's PSLD and ReSample rows, P2L's tables; "
