@@ -3,7 +3,7 @@ benchmarks/papers/ parsed and run cell by cell for 2 steps on tiny stand-ins of 
 cells on random weights of the exact architecture, and (``-m realsize``) each suite's first cells at real size."""
 
 import json
-import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -84,7 +84,25 @@ def test_a_paper_suite_needs_the_users_images(tmp_path):
 
 
 def paper_suites():
-    return sorted(PAPERS.glob("*.toml")) if PAPERS.is_dir() else []
+    """The suite files of benchmarks/papers/ (not its published numbers)."""
+    return sorted(p for p in PAPERS.glob("*.toml") if p.name != "published.toml") if PAPERS.is_dir() else []
+
+
+def models_entry(name: str, spec, folder, exact: bool = True) -> list[str]:
+    """A models-file entry naming the registry's model ``name`` (``spec``) as the local folder ``folder``;
+    ``exact``: the folder has the model's architecture, so the entry keeps its resolution and channels."""
+    from restore_cli.config import local_model
+
+    comps = local_model(folder).components
+    sizes = [f"resolution = {spec.resolution}", f"channels = {spec.channels}"] if exact else []
+    return [f"[models.{name}]", f'kind = "{spec.kind}"', 'source = "local"', f'path = "{folder}"',
+            "components = { " + ", ".join(f'{k} = "{v}"' for k, v in comps.items()) + " }", *sizes, ""]
+
+
+def quick_args(cells) -> list[str]:
+    """ReSample's optimisers run up to 2000 / 500 steps of the decoder's backward pass whatever --steps (a
+    random network never meets their stopping test): 2 each, the code path unchanged."""
+    return ["--set", "pixel_iters=2", "--set", "latent_iters=2"] if any(c.method == "resample" for c in cells) else []
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +114,7 @@ def few_images(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("suite", [p for p in paper_suites() if p.name != "published.toml"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("suite", paper_suites(), ids=lambda p: p.stem)
 def test_every_paper_suite_parses_and_matches_its_table(suite, few_images):
     s = load_suite(suite, images=few_images)
     assert s.paper is not None and s.paper["rows"]
@@ -112,7 +130,7 @@ def test_every_paper_suite_parses_and_matches_its_table(suite, few_images):
 @pytest.fixture(scope="module")
 def random_models(tmp_path_factory):
     """The registry's real models as random-weight folders of their exact architectures, in a models file."""
-    from restore_cli.config import load_registry, local_model
+    from restore_cli.config import load_registry
     from restore_cli.testing import save_random_model
 
     root, reg, built = tmp_path_factory.mktemp("random-models"), load_registry(), {}
@@ -122,10 +140,7 @@ def random_models(tmp_path_factory):
         for name in names:
             if name not in built:
                 built[name] = save_random_model(reg.get(name), root / name)
-            spec, comps = reg.get(name), local_model(built[name]).components
-            lines += [f"[models.{name}]", f'kind = "{spec.kind}"', 'source = "local"', f'path = "{built[name]}"',
-                      "components = { " + ", ".join(f'{k} = "{v}"' for k, v in comps.items()) + " }",
-                      f"resolution = {spec.resolution}", f"channels = {spec.channels}", ""]
+            lines += models_entry(name, reg.get(name), built[name])
         f = root / f"{'-'.join(names)}.toml"
         f.write_text("\n".join(lines))
         return f
@@ -159,12 +174,11 @@ def tiny_stand_ins(tmp_path_factory):
     UNet, an LDM-VQ-like latent model, a text-conditioned Stable-Diffusion-like one."""
     from diffusers import DDPMScheduler
 
-    from restore_cli.config import load_registry, local_model
+    from restore_cli.config import load_registry
     from restore_cli.testing import save_tiny_latent_model, tiny_unet
 
     root, reg, lines = tmp_path_factory.mktemp("stand-ins"), load_registry(), []
-    names = sorted({n for p in paper_suites() if p.name != "published.toml"
-                    for n in re.findall(r'models = \[([^]]*)\]', p.read_text()) for n in re.findall(r'"([^"]+)"', n)})
+    names = sorted({m for p in paper_suites() for g in tomllib.loads(p.read_text())["grid"] for m in g["models"]})
     for name in names:
         spec, d = reg.get(name), root / name
         if spec.kind == "pixel":
@@ -173,9 +187,7 @@ def tiny_stand_ins(tmp_path_factory):
         else:
             save_tiny_latent_model(d, "kl" if "text_encoder" in spec.components else "vq",
                                    conditional="text_encoder" in spec.components)
-        comps = local_model(d).components
-        lines += [f"[models.{name}]", f'kind = "{spec.kind}"', 'source = "local"', f'path = "{d}"',
-                  "components = { " + ", ".join(f'{k} = "{v}"' for k, v in comps.items()) + " }", ""]
+        lines += models_entry(name, spec, d, exact=False)
     (root / "models.toml").write_text("\n".join(lines))
     return root / "models.toml"
 
@@ -190,14 +202,13 @@ def small_image(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("suite", [p for p in paper_suites() if p.name != "published.toml"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("suite", paper_suites(), ids=lambda p: p.stem)
 def test_every_paper_suite_runs_every_cell_on_tiny_stand_ins(suite, tiny_stand_ins, small_image, tmp_path):
     """Every cell of every paper suite (its tasks, methods, restart rule and LPIPS network) runs end to end
     for 2 steps on tiny stand-ins of its models and is compared with its published row; the exact
     architectures are checked by the realsize test below and the Table 2 test above."""
     s = load_suite(suite, images=small_image)
-    quick = ["--set", "pixel_iters=2", "--set", "latent_iters=2"] if any(c.method == "resample" for c in s.cells) else []
-    data, _ = run_paper_suite(suite, small_image, tiny_stand_ins, tmp_path / suite.stem, *quick)
+    data, _ = run_paper_suite(suite, small_image, tiny_stand_ins, tmp_path / suite.stem, *quick_args(s.cells))
     cells = data["cells"].values()
     assert all(c["status"] == "ok" or "--kernel-model" in c.get("reason", "") for c in cells), \
         [c.get("error") or c.get("reason") for c in cells if c["status"] != "ok"]
@@ -210,7 +221,7 @@ def test_every_paper_suite_runs_every_cell_on_tiny_stand_ins(suite, tiny_stand_i
 
 
 @pytest.mark.realsize
-@pytest.mark.parametrize("suite", [p for p in paper_suites() if p.name != "published.toml"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("suite", paper_suites(), ids=lambda p: p.stem)
 def test_every_paper_suite_runs_for_two_steps(suite, random_models, few_images, tmp_path):
     """Each suite's first cell of every method (with and without DiffStateGrad): every model, method and
     code path of the suite at real size, in a fraction of the whole suite's hours on a CPU."""
@@ -220,10 +231,7 @@ def test_every_paper_suite_runs_for_two_steps(suite, random_models, few_images, 
     for c in s.cells:
         firsts.setdefault((c.method, c.diffstategrad), c.label)
     only = [a for label in firsts.values() for a in ("--only", label)]
-    # ReSample's optimisers run up to 2000 / 500 steps of the decoder's backward pass whatever --steps (a
-    # random network never meets their stopping test): 2 each here, the code path unchanged
-    quick = ["--set", "pixel_iters=2", "--set", "latent_iters=2"] if any(c.method == "resample" for c in s.cells) else []
-    data, _ = run_paper_suite(suite, few_images, mf, tmp_path / suite.stem, *only, *quick)
+    data, _ = run_paper_suite(suite, few_images, mf, tmp_path / suite.stem, *only, *quick_args(s.cells))
     # the non-linear blur's cells need BKSE's network, which cannot ship (bench --kernel-model)
     assert all(c["status"] == "ok" or "--kernel-model" in c.get("reason", "") for c in data["cells"].values())
 

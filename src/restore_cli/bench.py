@@ -234,10 +234,11 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
             data["started"] = min(data["started"], old.get("started") or data["started"])
             flush()
 
-    prints = {}
+    prints, kinds = {}, {}  # per model: its weights' fingerprint, its space
     for cell in suite.cells:
         if cell.model not in prints:
             prints[cell.model] = model_fingerprint(models.spec(cell.model))
+            kinds[cell.model] = models.spec(cell.model).kind
     # earlier results of this suite's cells (in the suite's order), if made with the same weights
     previous = {k: c for k, c in previous.items()
                 if c.get("model_fingerprint") == prints.get(c["config"]["model"]) and c.get("context") == context}
@@ -251,7 +252,7 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     def done(prev: dict | None, cell: Cell) -> bool:
         """A finished cell to keep: ok or skipped, by its method's current revision."""
         return (bool(prev) and prev.get("status") in ("ok", "skipped")
-                and not outdated(prev, models.spec(cell.model).kind))
+                and not outdated(prev, kinds[cell.model]))
 
     todo = [(n, c) for n, c in selected if rerun or not done(previous.get(c.key), c)]
     mine = {c.key for _, c in shard.share(todo)}
@@ -262,8 +263,7 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         touched.add(cell.key)
         prev = None if rerun else previous.get(cell.key)  # --rerun redoes the selected cells only
         entry = {"config": asdict(cell), "label": cell.label, "model_fingerprint": prints[cell.model], "context": context,
-                 "space": models.spec(cell.model).kind,
-                 "method_revision": current_revision(cell.method, cell.task, models.spec(cell.model).kind)}
+                 "space": kinds[cell.model], "method_revision": current_revision(cell.method, cell.task, kinds[cell.model])}
         if done(prev, cell):
             data["cells"][cell.key] = prev
             emit("cell", {"n": n, "total": len(suite.cells), "label": cell.label, "status": "done before"})
