@@ -72,7 +72,8 @@ COMMON = [
     P("var_cutoff", P.KEYWORD_ONLY, default=0.99, annotation=Annotated[float, typer.Option(
         "--var-cutoff", help="DiffStateGrad's variance retention threshold tau.")]),
     P("period", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
-        "--period", help="DiffStateGrad's period F (default: the method's; 1 for DPS, DAPS, PiGDM).")]),
+        "--period", help="DiffStateGrad's period F (default: the method's; 1 for DPS, DAPS, PiGDM, PSLD; "
+        "ReSample 1 as the released script, 5 with --set dsg_stages=paper as App. C.1).")]),
     P("rank_mode", P.KEYWORD_ONLY, default="channels", annotation=Annotated[str, typer.Option(
         "--rank-mode", help="DiffStateGrad rank rule: channels (the released code's rule behind the tables, n / C), "
         "paper (per channel, as the paper writes it), reference (the code literally, n / 3).")]),

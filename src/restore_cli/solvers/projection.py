@@ -11,13 +11,14 @@ matrix) with SVD ``z = U S V^T``:
 * projection (PLoRG Eq. 1 and Alg. 1, lines 8-11):
   ``G' = U_r U_r^T G V_r V_r^T``;
 * applied every ``period``-th step (Appendix C.1: F = 1 for PSLD and DAPS,
-  F = 5 for ReSample's inner loop); the SVD is computed once per state and
-  reused, so it can sit inside an inner optimisation loop (ReSample, DAPS).
+  F = 5 for ReSample's inner loop; restore's ReSample default is the released
+  script's ``--period`` 1, with F = 5 under ``dsg_stages=paper``, see ``resample.py``);
+  the SVD is computed once per state and reused, so it can sit inside an inner
+  optimisation loop (ReSample, DAPS).
 
 The rank rule (``rank_mode``).  The paper and the code that produced its tables disagree:
 
-* ``"channels"`` (default): the released code's rule, which produced DiffStateGrad's Tables 2-5,
-  generalised to any number of channels (:func:`channels_rank`): count the squared singular
+* ``"channels"`` (default): the released code's rule, generalised to any number of channels (:func:`channels_rank`): count the squared singular
   values, channel after channel, needed for the energy of *all* channels to reach ``tau``, and
   divide by the number of channels ``C``.  On the papers' models (RGB pixels, LDM-VQ-4's 3 latent
   channels) it is the code's rule exactly.  Where the code's hard-coded ``/ 3`` breaks, it does
@@ -25,6 +26,10 @@ The rank rule (``rank_mode``).  The paper and the code that produced its tables 
   every direction (no projection at all), and on grey images it keeps a third of the per-channel
   rank, which cuts DPS's posterior-sampling efficiency on the grey Gaussian oracle from 0.79 to
   0.48 and DAPS's from 0.98 to 0.23 (docs/diffstategrad.md); on one channel ``n / 1`` is the paper's per-channel rank.
+  The released code is DiffStateGrad-ReSample on LDM-VQ-4 only (its ``diffstategrad_utils.py``), so
+  this rule is known to be behind the ReSample rows of Tables 2-4; that the PSLD, DAPS and Stable
+  Diffusion rows ran the same helper is our reading (one helper, one paper), not something the
+  released code shows.
 * ``"paper"``: PLoRG Alg. 1 / DiffStateGrad Eq. 5 as written, per image and per channel
   (:func:`paper_rank`).  It keeps far fewer directions: on four 256x256 scikit-image photos in
   ``[-1, 1]`` at tau 0.99, ranks 8-57 per channel against 172-180 for the code's rule (174-194

@@ -33,13 +33,17 @@ gets alone.
 
 DiffStateGrad, two configurations (``dsg_stages``):
 
-* ``"code"`` (default): what the released DiffStateGrad code ran for its Tables 2-4: both hard
-  data consistency stages are projected, every ``period``-th iteration (the code's ``--period``,
-  default 1: every iteration), with the SVD of the state after the look-ahead (the latent stage)
+* ``"code"`` (default): the released DiffStateGrad script with its defaults (the tables' period
+  is not written down: the script takes ``--period`` as a flag, default 1, while App. C.1 says
+  F = 5): both hard data consistency stages are projected, every ``period``-th iteration
+  (default 1: every iteration), with the SVD of the state after the look-ahead (the latent stage)
   and of its decoded image (the pixel stage, in the code's ``[-1, 1]`` units);
 * ``"paper"``: PLoRG Algorithm 5 / DiffStateGrad App. C.4: the SVD of the diffusion state
   ``z'_t``, once per resampling call; only the *latent* optimisation's gradient is projected,
   every ``period``-th iteration (default F = 5, Appendix C.1); the pixel stage is never projected.
+  Here ``z'_t`` is the state after the DDIM step *and* the code's DPS nudge (the algorithm has no
+  nudge), and the final latent optimisation (the code's, not in the algorithm) is projected with the
+  SVD of the final latent, in both configurations.
 
 Choices where paper and code differ (each noted above): the DPS nudge and the look-ahead
 are the code's.  The paper's estimate of ``z0`` is Tweedie's ``(z - sqrt(1 - a) eps) / sqrt(a)``;
