@@ -75,7 +75,7 @@ COMMON = [
         "--period", help="DiffStateGrad's period F (default: the method's; 1 for DPS, DAPS, PiGDM, PSLD; "
         "ReSample 1 as the released script, 5 with --set dsg_stages=paper as App. C.1).")]),
     P("rank_mode", P.KEYWORD_ONLY, default="channels", annotation=Annotated[str, typer.Option(
-        "--rank-mode", help="DiffStateGrad rank rule: channels (the released code's rule behind the tables, n / C), "
+        "--rank-mode", help="DiffStateGrad rank rule: channels (the released code's rule, n / C), "
         "paper (per channel, as the paper writes it), reference (the code literally, n / 3).")]),
     P("device", P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
         "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]),
