@@ -20,7 +20,8 @@ The rank rule (``rank_mode``).  The paper and the code that produced its tables 
 
 * ``"channels"`` (default): the released code's rule, generalised to any number of channels
   (:func:`channels_rank`): count the squared singular values, channel after channel, needed for
-  the energy of *all* channels to reach ``tau``, and divide by the number of channels ``C``.  On the papers' models (RGB pixels, LDM-VQ-4's 3 latent
+  the energy of *all* channels to reach ``tau``, and divide by the number of channels ``C``.
+  On the papers' models (RGB pixels, LDM-VQ-4's 3 latent
   channels) it is the code's rule exactly.  Where the code's hard-coded ``/ 3`` breaks, it does
   what the code means: on 4 latent channels (Stable Diffusion) ``n / 3`` can exceed ``K`` and keep
   every direction (no projection at all), and on grey images it keeps a third of the per-channel
