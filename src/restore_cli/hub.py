@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -75,7 +76,7 @@ def _first_contact(fn, *args, **kwargs):
         e = box["error"]
         if _network_error(e):
             why = getattr(e, "reason", e)  # urllib wraps the socket's error
-            raise _Unreachable(f"{type(why).__name__}: {_first_line(why)}") from None
+            raise _Unreachable(_first_line(why) or "no connection") from None
         raise e
     return box["value"]
 
@@ -185,12 +186,40 @@ def download(spec: ModelSpec, token: str | None = None, tqdm_class=None) -> Path
     except _Unreachable as e:
         raise _cannot_reach(spec, f"the Hub at {_hub_endpoint()}", e) from None
     except Exception as e:  # noqa: BLE001 - network, auth, missing revision: one clear line
-        raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {_first_line(e)})") from e
+
+
+@contextmanager
+def quiet_loading():
+    """The loading libraries' own log lines and warnings (diffusers' "An error occurred while trying to fetch"
+    for a file it then finds another way, transformers' and huggingface_hub's notes) kept off the terminal
+    while a model loads: a failure still comes as an exception, which restore says in one line."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(diffusers|transformers|huggingface_hub|accelerate)(\.|$)")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_download: bool = True,
                tqdm_class=None, token: str | None = None, low_memory: bool = False, prompt: str | None = None):
-    """Build the prior of a model spec on ``device`` (``prompt``: a text-conditioned model's; default its own)."""
+    """Build the prior of a model spec on ``device`` (``prompt``: a text-conditioned model's; default its own),
+    the loading libraries' chatter silenced (:func:`quiet_loading`)."""
+    with quiet_loading():
+        return _load_prior(spec, device, dtype, allow_download, tqdm_class, token, low_memory, prompt)
+
+
+def _load_prior(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_download: bool, tqdm_class,
+                token: str | None, low_memory: bool, prompt: str | None):
     from .priors import DiffusionPrior, GaussianPrior, LatentDiffusionPrior
 
     if spec.source == "analytic":
@@ -340,21 +369,25 @@ def _hub_expected_sha(spec: ModelSpec, token) -> tuple[str | None, str | None]:
 def convert_checkpoint(spec_format: str, ckpt: Path, arch: str, dest: Path, record: dict, ema: bool = False) -> Path:
     """Convert one original checkpoint file into ``dest`` (which must not exist)."""
     from .convert import ConversionError
-    from .convert.checkpoint import convert_adm, convert_ldm, load_state_dict
+    from .convert.checkpoint import convert_adm, convert_ldm, read_state_dict
 
     try:
-        sd = load_state_dict(ckpt)
+        sd = read_state_dict(ckpt)
         if spec_format == "adm":
             return convert_adm(sd, arch, dest, record)
         return convert_ldm(sd, arch, dest, record, ema=ema)
     except ConversionError as e:
         raise ModelUnavailable(str(e)) from None
     except (OSError, RuntimeError, MemoryError) as e:  # a full disk, too little memory: one line
-        raise ModelUnavailable(f"converting {Path(ckpt).name} failed: {type(e).__name__}: {_first_line(e)}") from None
+        raise ModelUnavailable(f"converting {Path(ckpt).name} failed: {_first_line(e)}") from None
 
 
 def _first_line(e) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
+    """An error's first line, in its own words (an OSError's without the errno prefix); its class's name
+    only when it says nothing else."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None, allow_download: bool = True) -> Path:
@@ -373,7 +406,7 @@ def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None,
         if spec.source == "url":
             if _offline():
                 raise ModelUnavailable(how_to_get(spec) + " (HF_HUB_OFFLINE is set)")
-            part = tmp / "download"
+            part = tmp / _url_file_name(spec)
             try:
                 sha = _download_url(spec.url, part, tqdm_class)
             except ModelUnavailable:
@@ -384,7 +417,7 @@ def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None,
                 u = urlsplit(spec.url)
                 raise _cannot_reach(spec, f"{u.scheme}://{u.netloc}", e) from None
             except Exception as e:  # noqa: BLE001 - network, HTTP, a full disk: one line
-                raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {_first_line(e)})") from None
+                raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {_first_line(e)})") from None
             _check_sha(part, sha, spec.sha256, spec.url)
             record |= {"url": spec.url, "sha256": sha, "sha256_verified": bool(spec.sha256)}
             if spec.url.lower().split("?")[0].endswith(".zip"):
@@ -409,6 +442,17 @@ def ensure_converted(spec: ModelSpec, token: str | None = None, tqdm_class=None,
         shutil.rmtree(tmp, ignore_errors=True)
         if base.is_dir() and not any(base.iterdir()):
             base.rmdir()
+
+
+def _url_file_name(spec: ModelSpec) -> str:
+    """The name a URL download is saved under while it is checked: the URL's own file name (a zip), else the
+    entry's ``filename``, so that every message names the file a user would recognise."""
+    from urllib.parse import unquote, urlsplit
+
+    name = Path(unquote(urlsplit(spec.url).path)).name or "download"
+    if name.lower().endswith(".zip"):  # its member spec.filename is extracted beside it
+        return name if name != spec.filename else name + ".part"
+    return spec.filename or name
 
 
 def _hub_file(spec: ModelSpec, token, tqdm_class) -> tuple[Path, str, bool, str | None]:
@@ -437,8 +481,7 @@ def _hub_file(spec: ModelSpec, token, tqdm_class) -> tuple[Path, str, bool, str 
     except ModelUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 - network, auth, missing file: one line
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {type(e).__name__}: {first})") from None
+        raise ModelUnavailable(f"{how_to_get(spec)} (download failed: {_first_line(e)})") from None
     sha = sha256_file(path)
     if expected and sha != expected:
         blob = path.resolve()

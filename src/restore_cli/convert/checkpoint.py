@@ -1,10 +1,15 @@
 """Reading original checkpoints safely and writing converted diffusers folders atomically.
 
-* :func:`load_state_dict` reads a ``.pt``/``.ckpt`` file with ``torch.load(weights_only=True)``:
-  nothing but tensors and plain containers is built.  A PyTorch Lightning checkpoint (LDM's
-  ``model.ckpt``) may also pickle Lightning objects (callbacks, loop states, enums); their names
-  are replaced by inert stand-ins (:class:`_Inert`: it runs no code of theirs and keeps nothing),
-  so such a file still loads, and only its tensors are used.
+* :func:`read_state_dict` reads a ``.pt``/``.ckpt`` file (``torch.save``'s zip format or the older
+  non-zip one) with ``torch.load`` and a restricted unpickler (:class:`_Unpickler`) that imports
+  nothing and calls only what ``torch.load(weights_only=True)`` allows (torch's tensor rebuilders,
+  dtypes, sizes, ``OrderedDict``, ``set``). Every other class or function the file names (Lightning's
+  ``AttributeDict``, callbacks and their class keys, enums, OmegaConf configs, numpy scalars,
+  optimizer and scheduler helpers) becomes an inert stand-in (:class:`_Inert`) that keeps at most
+  the dictionary items the file puts in it. A file that names a function of ``builtins``
+  (``eval``, ``getattr``, ...) or anything from a module that runs code or commands
+  (:data:`_HOSTILE_MODULES`: ``os``, ``sys``, ``subprocess``, ...) is refused in one line, as
+  hostile (nothing of it would have run either). :func:`load_state_dict` keeps only the tensors.
 * :func:`convert_adm` and :func:`convert_ldm` turn a state dict into a diffusers folder
   (``unet/`` [+ ``vqvae/``] + ``scheduler/``, safetensors) with the schedule of the original
   config, written under a temporary name and renamed into place only when complete.
@@ -12,16 +17,19 @@
 
 from __future__ import annotations
 
+import _compat_pickle
+import builtins
 import hashlib
 import json
 import os
-import re
+import pickle
 import shutil
+import types
 import uuid
 from pathlib import Path
 from typing import Mapping
 
-from . import ConversionError, architecture
+from . import ConversionError, architecture, weight_problem
 
 # The schedules of the original configs, as diffusers scheduler configs.
 #   ADM (guided-diffusion, DPS): "linear", betas 1e-4 .. 0.02 over 1000 steps, learned-range variance.
@@ -37,19 +45,92 @@ ARCHITECTURES = {"adm": ["ffhq-256", "imagenet-256"], "ldm": ["ldm-ffhq-256"]}  
 SOURCE_RECORD = "restore-source.json"  # written last: a folder without it is incomplete
 
 
-class _Inert:
-    """Stands in for a class or function a checkpoint names but restore does not need: never runs its code."""
+# Modules whose names a model checkpoint has no reason to carry: they run code or commands. A file that
+# names one of them (or a function of ``builtins``) is refused as hostile; nothing would have been run anyway.
+_HOSTILE_MODULES = frozenset({
+    "os", "posix", "nt", "sys", "subprocess", "_posixsubprocess", "pty", "shutil", "socket", "ctypes",
+    "importlib", "runpy", "code", "codeop", "pickle", "_pickle", "marshal", "multiprocessing", "webbrowser",
+})
+
+
+class _Refused(Exception):
+    """A checkpoint names a code runner (``name``: what it names, as a user would write it)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+class _Inert(dict):
+    """Stands in for a class or function a checkpoint names: nothing of theirs is imported or run.
+
+    Being a dict, it keeps the items a pickled dict subclass (Lightning's ``AttributeDict``) puts in
+    it; every other call the unpickler makes on it (construction, ``__setstate__``, ``append``,
+    ``extend``, ``add``) is accepted and ignored. Hashed by identity, so it can be a dict key."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
 
     def __init__(self, *args, **kwargs):
-        pass
+        super().__init__()
 
     def __setstate__(self, state):
         pass
 
+    def append(self, item):
+        pass
 
-def _inert(qualified: str) -> type:
-    module, _, name = qualified.rpartition(".")
-    return type(name, (_Inert,), {"__module__": module, "__qualname__": name})
+    def extend(self, items):
+        pass
+
+    def add(self, item):
+        pass
+
+
+def _allowed_globals() -> dict:
+    """What ``torch.load(weights_only=True)`` lets a file call: torch's tensor rebuilders and plain types.
+
+    Less ``_codecs.encode`` (protocol 2's bytes), which may import a codec: bytes become stand-ins."""
+    from torch import _weights_only_unpickler
+
+    allowed = _weights_only_unpickler._get_allowed_globals()
+    return {k: v for k, v in allowed.items() if k != "_codecs.encode"}
+
+
+class _Unpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that imports nothing: torch's allowed globals, inert stand-ins, or :class:`_Refused`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._standins: dict[str, type] = {}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names, as pickle itself maps them
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        full = f"{module}.{name}"
+        allowed = _allowed_globals()
+        if full in allowed:
+            return allowed[full]
+        if module == "builtins" and not isinstance(getattr(builtins, name, None), type):
+            raise _Refused(name)  # eval, exec, getattr, __import__, open, ...
+        if module.partition(".")[0] in _HOSTILE_MODULES:
+            raise _Refused(full)
+        if full not in self._standins:
+            self._standins[full] = type(name, (_Inert,), {"__module__": module, "__qualname__": name})
+        return self._standins[full]
+
+
+def _unpickle(file, **kwargs):
+    return _Unpickler(file, **kwargs).load()
+
+
+#: what ``torch.load(pickle_module=...)`` uses: ``Unpickler`` for the main pickle, ``load`` for the small
+#: ones of the non-zip format (magic number, protocol, storage keys)
+_SAFE_PICKLE = types.SimpleNamespace(__name__=__name__, Unpickler=_Unpickler, load=_unpickle)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -60,31 +141,33 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def load_state_dict(path: Path) -> dict:
-    """The tensors of a checkpoint (``ckpt["state_dict"]`` for Lightning files), read with ``weights_only=True``.
+def read_state_dict(path: Path) -> dict:
+    """The state dict of a checkpoint (``ckpt["state_dict"]`` for Lightning files), every entry as read.
 
-    The globals the file names beyond torch's allowlist are listed first without loading anything
-    (``get_unsafe_globals_in_checkpoint``) and each gets an inert stand-in; torch still refuses the
-    modules it blocks (``os``, ``subprocess``, ...), and such a file is refused in one line."""
+    Read with :class:`_Unpickler` (see the module docstring), in either of ``torch.save``'s formats.
+    A file that names a code runner, or that cannot be read, or holds no tensors, is refused in one line."""
     import torch
 
     path = Path(path)
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        inert = [_inert(n) for n in names if "." in n and not n.startswith("builtins.")]  # builtins stay refused
-        with torch.serialization.safe_globals(inert):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a refused or unreadable file: one line
-        m = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if m is not None and ("is blocked" in str(e) or "not an allowed global" in str(e)):
-            raise ConversionError(f"{path.name}: refused: the checkpoint asks to call {m.group(1)} (nothing was run); "
-                                  f"if you trust it, torch.save its state_dict alone and convert that") from None
+        ckpt = torch.load(path, map_location="cpu", pickle_module=_SAFE_PICKLE, weights_only=False)
+    except _Refused as e:
+        raise ConversionError(f"{path.name}: refused: the checkpoint asks to call {e.name} (nothing was run); "
+                              f"if you trust it, torch.save its state_dict alone and convert that") from None
+    except Exception as e:  # noqa: BLE001 - an unreadable file: one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(f"{path.name}: not a readable PyTorch checkpoint ({first[:200]})") from None
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, Mapping) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ConversionError(f"{path.name}: no state dict of tensors in the checkpoint")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    return dict(sd)
+
+
+def load_state_dict(path: Path) -> dict:
+    """The tensors of :func:`read_state_dict` (other entries dropped)."""
+    import torch
+
+    return {k: v for k, v in read_state_dict(path).items() if isinstance(v, torch.Tensor)}
 
 
 def _ema_view(sd: Mapping, prefix: str) -> dict:
@@ -95,6 +178,8 @@ def _ema_view(sd: Mapping, prefix: str) -> dict:
             ema = "model_ema." + k[len("model."):].replace(".", "")  # LitEma's buffer names
             if ema not in sd:
                 raise ConversionError(f"--ema: the checkpoint has no EMA copy of {k}")
+            if problem := weight_problem(ema, sd[ema]):
+                raise ConversionError(f"--ema: {problem}")
             out[k] = sd[ema]
     return out
 

@@ -54,10 +54,13 @@ legacy multiplies q and k by ``(C / heads) ** -1/4`` each, diffusers scales by `
 from the weights alone and is not supported.
 
 Not hostable by ``UNet2DModel`` (rejected by the strict key/shape check or by the config check):
-class-conditional models (``label_emb``), spatial transformers (cross-attention LDMs), fixed
-``num_heads`` with different widths per attention level (diffusers fixes the head *dimension*),
-``num_heads_upsample`` differing from ``num_heads``, and non-integer channel multipliers that
-break ``block_out_channels[0] == model_channels``.
+class-conditional models (``label_emb``), spatial transformers (cross-attention LDMs), and
+non-integer channel multipliers that break ``block_out_channels[0] == model_channels``.
+
+Head counts are not in the weights. A fixed ``num_heads`` with different widths per attention
+level (diffusers fixes the head *width*), a ``num_heads_upsample`` that gives the up path other
+heads, and ``use_new_attention_order`` are refused only when the caller passes the original's
+settings (``original=``); a config whose ``attention_head_dim`` disagrees with them is refused too.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from . import ConversionError, architecture
+from . import ConversionError, architecture, weight_problem
 
 __all__ = ["convert_openai_unet"]
 
@@ -235,6 +238,50 @@ def _check_config(cfg: Mapping, label: str) -> None:
          "attention levels of up_block_types must mirror down_block_types")
 
 
+def _original_heads(original: Mapping, label: str) -> tuple[int, int, int]:
+    """(num_heads, num_heads_upsample, num_head_channels) of the original's settings, -1 where unused."""
+    if original.get("use_new_attention_order", False):
+        raise ConversionError(f"config for the {label} cannot host this openaimodel UNet: "
+                              f"use_new_attention_order=True is not supported (only the legacy attention order is)")
+    head_channels = int(original.get("num_head_channels", -1))
+    heads = int(original.get("num_heads", -1))
+    if head_channels == -1 and heads == -1:
+        raise ConversionError("the original settings give neither num_heads nor num_head_channels")
+    up = int(original.get("num_heads_upsample", -1))
+    return heads, (heads if up == -1 else up), head_channels
+
+
+def _check_heads(model: nn.Module, original: Mapping, label: str) -> None:
+    """Each attention's head count must be the original's: the weights do not show it.
+
+    openaimodel fixes either the head count (``num_heads``, ``num_heads_upsample`` for the up path) or
+    the head width (``num_head_channels``); diffusers fixes the head width (``attention_head_dim``, or
+    one head per level when it is null)."""
+    from diffusers.models.attention_processor import Attention
+
+    heads, heads_up, head_channels = _original_heads(original, label)
+    found = []  # (width, heads wanted, heads the config gives)
+    for _, target, module in _walk(model):
+        if isinstance(module, Attention):
+            width = module.to_q.weight.shape[0]
+            fixed = heads_up if target.startswith("up_blocks") else heads
+            found.append((width, fixed if head_channels == -1 else width // head_channels, module.heads))
+    if all(want == got for _, want, got in found):
+        return
+    head_widths = sorted({width // want for width, want, _ in found})
+    if all(want == 1 for _, want, _ in found):
+        fix = "set attention_head_dim to null (one head per level)"
+    elif len(head_widths) == 1:
+        fix = f"set attention_head_dim to {head_widths[0]}"
+    else:
+        widths = sorted({width for width, _, _ in found})
+        raise ConversionError(
+            f"config for the {label} cannot host this openaimodel UNet: with a fixed head count its attention levels "
+            f"({', '.join(map(str, widths))} channels) have heads of {', '.join(map(str, head_widths))} channels, "
+            f"but a diffusers UNet has one head width for all levels")
+    raise ConversionError(f"config for the {label} gives other attention heads than the original: {fix}")
+
+
 def _label(config: Mapping, name: str | None) -> str:
     if name is not None:
         return _KNOWN.get(name, name)
@@ -277,30 +324,34 @@ def _rules(model: nn.Module) -> list[_Rule]:
     return rules
 
 
-def _shape(t) -> list[int] | None:
-    shape = getattr(t, "shape", None)
-    return None if shape is None else list(shape)
-
-
 def convert_openai_unet(
     state_dict: Mapping[str, Tensor],
     config: Mapping,
     *,
     prefix: str = "",
     name: str | None = None,
+    original: Mapping | None = None,
 ) -> dict[str, Tensor]:
     """Map an ``openaimodel`` UNet state dict to the ``UNet2DModel`` keys of ``config``, strictly.
 
     ``prefix``: only keys starting with it are used, with it removed (``"model.diffusion_model."``
     for CompVis Lightning checkpoints). ``name``: the architecture's name for error messages (e.g.
     ``"ffhq-256.unet"``); by default the committed architecture equal to ``config``, if any.
+    ``original``: the settings the original was built with (guided-diffusion's ``create_model``
+    arguments, LDM's ``unet_config.params``); its ``num_heads``, ``num_head_channels``,
+    ``num_heads_upsample`` and ``use_new_attention_order`` are checked against ``config``. The weights
+    do not show them: without ``original``, a config with the wrong head count converts to a
+    different function. The committed architectures are right for the checkpoints they name.
     Returns tensors (same dtype; q/k/v copies, other tensors shared) in the order of
     ``UNet2DModel.from_config(config).state_dict()``; load them with ``strict=True``.
-    Raises :class:`ConversionError` (one line) naming the first missing, unexpected or mis-shaped key.
+    Raises :class:`ConversionError` (one line) naming the first missing, unexpected or mis-shaped key,
+    the first entry that is not an fp16, bf16 or fp32 tensor, or the attention setting that differs.
     """
     label = _label(config, name)
     model = _empty_model(config, label)
     _check_config(model.config, label)
+    if original is not None:
+        _check_heads(model, original, label)
     rules = _rules(model)
     expected = model.state_dict()
     filled = [t for r in rules for t in r.targets]
@@ -313,10 +364,13 @@ def convert_openai_unet(
         where = f" starting with {prefix!r}" if prefix else ""
         raise ConversionError(f"checkpoint does not match the {label}: no keys{where}")
     by_source = {r.source: r for r in rules}
+    for r in rules:
+        if r.source in sd and (problem := weight_problem(prefix + r.source, sd[r.source])):
+            raise ConversionError(f"checkpoint does not match the {label}: {problem}")
     missing = [r.source for r in rules if r.source not in sd]
     unexpected = [k for k in sd if k not in by_source]
-    wrong = [(k, _shape(v), list(by_source[k].shape)) for k, v in sd.items()
-             if k in by_source and _shape(v) != list(by_source[k].shape)]
+    wrong = [(k, list(v.shape), list(by_source[k].shape)) for k, v in sd.items()
+             if k in by_source and list(v.shape) != list(by_source[k].shape)]
     if missing or unexpected or wrong:
         if missing:
             first = f"missing {prefix}{missing[0]}"

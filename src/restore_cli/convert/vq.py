@@ -48,7 +48,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from restore_cli.convert import ConversionError
+from restore_cli.convert import ConversionError, weight_problem
 
 __all__ = ["convert_ldm_vq"]
 
@@ -139,8 +139,8 @@ def convert_ldm_vq(
     out: dict[str, Tensor] = {}
     for ldm_key, key in ldm_to_diffusers.items():
         tensor = ours[ldm_key]
-        if not isinstance(tensor, Tensor):
-            raise ConversionError(f"{_WHAT}: {prefix + ldm_key!r} is a {type(tensor).__name__}, not a tensor")
+        if problem := weight_problem(prefix + ldm_key, tensor):
+            raise ConversionError(f"{_WHAT}: {problem}")
         want = expected[key]
         if len(want) == 2 and tensor.ndim == 4 and tuple(tensor.shape[2:]) == (1, 1):
             tensor = tensor.reshape(tensor.shape[:2])  # 1x1 conv -> nn.Linear

@@ -240,7 +240,8 @@ _CACHE: dict[tuple, tuple[KernelWizard, str]] = {}
 
 
 def load_kernel_wizard(path: Path, config: KernelWizardConfig | None = None) -> tuple[KernelWizard, str]:
-    """``(network, sha256)`` of a ``GOPRO_wVAE.pth``-style file, read with ``torch.load(weights_only=True)``.
+    """``(network, sha256)`` of a ``GOPRO_wVAE.pth``-style file, read as inert data (``convert.checkpoint``:
+    torch's tensor rebuilders only, nothing imported or called).
 
     The last file loaded is kept (by path, size and modification time), so the operator of each batch
     reuses it.  Raises :class:`KernelModelError` (one line naming the file)."""
