@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Create .venv and install restore with everything the tests and the quick start need.
 # Idempotent: a second run only checks. Used by scripts/test.sh, scripts/quickstart.sh and .ci/run.
+#   --minimal   only what `restore` itself needs (torch, restore and its dependencies): no test packages,
+#               no reference implementations, no LPIPS backbones (LPIPS is then reported as null)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+MINIMAL=0
+[ "${1:-}" = "--minimal" ] && MINIMAL=1
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-if ! $VPY -c "import restore_cli, torch, diffusers, pytest" 2>/dev/null; then
-  $VPY -m pip install -q --upgrade pip
+NEED="restore_cli torch diffusers"; EXTRA=""
+[ $MINIMAL = 1 ] || { NEED="$NEED pytest"; EXTRA="[test]"; }
+# found, not imported (importing torch takes seconds)
+if ! $VPY -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in '$NEED'.split()))" 2>/dev/null; then
+  [ $MINIMAL = 1 ] || $VPY -m pip install -q --upgrade pip
   # The CPU build of torch that lies on this kind of machine; a plain requirement may pull a multi-GB CUDA build.
   $VPY -m pip install -q "torch==2.13.0" || $VPY -m pip install -q "torch>=2.1"
-  $VPY -m pip install -q -e ".[test]"
+  $VPY -m pip install -q -e ".$EXTRA"
 fi
+[ $MINIMAL = 1 ] && exit 0
 # Reference implementations for the conversion tests (OpenAI's guided-diffusion, CompVis's ldm modules):
 # test-only, never imported by restore itself; --no-deps because their pinned requirements are years old.
 $VPY -c "import guided_diffusion.unet, ldm.modules.diffusionmodules.openaimodel" 2>/dev/null \

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import types
 import typing
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -371,3 +372,111 @@ def test_new_attention_order_is_refused():
     sd = _build(_adm_cls(), original, materialize=False).state_dict()
     with pytest.raises(ConversionError, match="use_new_attention_order=True is not supported"):
         convert_openai_unet(sd, config, original=original)
+
+
+# -- what torch.load itself would do with a forged file, before or beside the unpickler ---------------------------
+# (found by a security review: each of these ran code or wrote a file before the checks below existed)
+
+def _legacy_with(main_pickle: bytes) -> bytes:
+    """A non-zip torch.save file around a hand-written main pickle (magic number, protocol, sys info, keys)."""
+    import pickle
+
+    head = b"".join(pickle.dumps(x, protocol=2) for x in
+                    (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True, "type_sizes": {}}))
+    return head + main_pickle + pickle.dumps([], protocol=2)
+
+
+def _binunicode(s: str) -> bytes:
+    b = s.encode()
+    return b"X" + len(b).to_bytes(4, "little") + b
+
+
+def _build_then_module_pid(patch_name: str, tag: bool = True) -> bytes:
+    """Protocol 2: BUILD ``dump_patches``/``__name__`` onto torch's ``_rebuild_tensor_v2`` (an allowed global),
+    then a persistent id that makes torch's source check append a diff to ``<__name__>.patch``."""
+    set_attrs = (b"N}" + _binunicode("dump_patches") + b"\x88s" + _binunicode("__name__") + _binunicode(patch_name)
+                 + b"s\x86b0")
+    pid = b"(" + (_binunicode("module") if tag else b"") + b"h\x00" + _binunicode("x.py") + _binunicode("text\n") + b"tQ"
+    return b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nq\x00" + set_attrs + pid + b"."
+
+
+def test_a_torchscript_archive_is_refused_before_its_code_runs(tmp_path, capfd):
+    class M(torch.nn.Module):  # its __setstate__ is TorchScript code, which torch.load would run (torch.jit.load)
+        def __init__(self):
+            super().__init__()
+            self.w = torch.zeros(1)
+
+        @torch.jit.export
+        def __getstate__(self) -> typing.Tuple[torch.Tensor, bool]:
+            return (self.w, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: typing.Tuple[torch.Tensor, bool]) -> None:
+            print("THE FILE'S CODE RAN")
+            self.w = state[0]
+            self.training = state[1]
+
+    path = tmp_path / "evil.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script: deprecated, still what such files hold
+        torch.jit.save(torch.jit.script(M()), str(path))
+    capfd.readouterr()
+    torch.jit.load(str(path))  # the control: loading it runs the code
+    assert "THE FILE'S CODE RAN" in capfd.readouterr().out
+    with pytest.raises(ConversionError, match="^evil.pt: refused: the checkpoint holds TorchScript code"):
+        read_state_dict(path)
+    assert "THE FILE'S CODE RAN" not in capfd.readouterr().out
+
+
+def test_a_forged_legacy_file_writes_nothing_and_changes_nothing(tmp_path):
+    target = tmp_path / "planted"
+    path = tmp_path / "evil.pt"
+    path.write_bytes(_legacy_with(_build_then_module_pid(str(target))))
+    before = (torch._utils._rebuild_tensor_v2.__name__, getattr(torch._utils._rebuild_tensor_v2, "dump_patches", None))
+    with pytest.raises(ConversionError, match="^evil.pt: refused: the checkpoint asks to change the attributes of "
+                                              "_rebuild_tensor_v2"):
+        read_state_dict(path)
+    after = (torch._utils._rebuild_tensor_v2.__name__, getattr(torch._utils._rebuild_tensor_v2, "dump_patches", None))
+    assert after == before and not list(tmp_path.glob("planted*"))
+
+
+def test_a_module_reference_is_refused_in_both_old_formats(tmp_path):
+    """The ``"module"`` persistent id of the non-zip format, and the tar format's untagged one: both are the
+    source check's, which writes a patch file; torch.save's weights never carry them."""
+    import io
+    import tarfile
+
+    def no_build(tag):  # the persistent id alone, no attribute setting before it
+        pid = b"(" + (_binunicode("module") if tag else b"") + b"ctorch._utils\n_rebuild_tensor_v2\n" + \
+              _binunicode("x.py") + _binunicode("text\n") + b"tQ"
+        return b"\x80\x02" + pid + b"."
+
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(_legacy_with(no_build(True)))
+    tar = tmp_path / "tar.pt"
+    import pickle
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in (("storages", pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2)),
+                           ("tensors", pickle.dumps(0, protocol=2)), ("pickle", no_build(False))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    for path in (legacy, tar):
+        with pytest.raises(ConversionError, match="refused: the checkpoint holds a reference torch.save never writes"):
+            read_state_dict(path)
+    assert not list(tmp_path.glob("*.patch"))
+
+
+@pytest.mark.parametrize("target", ["torch.storage\nTypedStorage", "collections\nCounter"])
+def test_a_file_cannot_change_a_class_for_the_whole_process(tmp_path, target):
+    module, name = target.split("\n")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    attr = "is_sparse" if name == "TypedStorage" else "most_common"
+    before = cls.__dict__.get(attr)
+    main = (b"\x80\x02c" + target.encode() + b"\nq\x00N}" + _binunicode(attr) + _binunicode("corrupted") + b"s\x86b0"
+            + b"}.")
+    path = tmp_path / "evil.pt"
+    path.write_bytes(_legacy_with(main))
+    with pytest.raises(ConversionError, match=f"asks to change the attributes of {name}"):
+        read_state_dict(path)
+    assert cls.__dict__.get(attr) is before

@@ -198,7 +198,7 @@ def test_a_changed_rerun_is_refused_and_names_the_difference(tmp_path):
     first = digest(out)
     r = run("inpaint", tmp_path / "a.png", *FAST, "-o", out, "--seed", "1", "--mask", "random")
     assert r.exit_code == 2 and one_line(r.output)
-    assert "seed: 0 -> 1" in r.output and "--overwrite" in r.output and "task_options" in r.output
+    assert "--seed was 0, now 1" in r.output and "--overwrite" in r.output and "--mask was box, now random" in r.output
     assert digest(out) == first  # metrics.json and the images untouched
     r = run("inpaint", tmp_path / "a.png", *FAST, "-o", out, "--seed", "0")  # the same settings: resumed
     assert r.exit_code == 0 and metrics(out)["images"][0]["status"] == "skipped"

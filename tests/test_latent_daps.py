@@ -35,7 +35,7 @@ from restore_cli.ops import Inpainting
 from restore_cli.oracle import compare, oracle_task
 from restore_cli.rng import make_generators
 from restore_cli.solvers import DAPS, DiffStateGrad, LatentDAPS
-from restore_cli.solvers.daps import LATENT, LDM_TASKS, SD_TASKS
+from restore_cli.solvers.daps import LATENT, LDM_TASKS, SD_MODEL, SD_TASKS
 from restore_cli.solvers.projection import Identity
 
 
@@ -163,9 +163,10 @@ def test_latent_schedule_and_defaults_are_the_codes():
 def test_task_and_family_defaults():
     prior, op, truth, y = oracle_task("gaussian", latent=True)
     assert DAPS(prior, op).hp["langevin_steps"] == 35 and DAPS(prior, op).hp["momentum"] == 0.95  # ldm: gaussian_blur
-    prior.text_encoder = object()  # a CLIP-conditioned model: Stable Diffusion's group
+    prior.text_encoder, prior.conditional = object(), True  # a CLIP-conditioned model: Stable Diffusion's group
     assert {k: DAPS(prior, op).hp[k] for k in SD_TASKS["deblur_gaussian"]} == SD_TASKS["deblur_gaussian"]
-    del prior.text_encoder
+    assert {k: DAPS(prior, op).hp[k] for k in SD_MODEL} == SD_MODEL == {"cfg_scale": 7.5, "decode_size": 512}
+    del prior.text_encoder, prior.conditional
     assert LDM_TASKS["inpaint_box"] == {"langevin_steps": 15, "lr": 9.02e-6, "lr_min_ratio": 0.13, "momentum": 0.74}
     # the pixel prior keeps the V24 code's Langevin (unchanged defaults)
     pix, op_p, _, _ = oracle_task("box")

@@ -168,7 +168,7 @@ def test_sample_and_std_names_never_collide(tmp_path):
 
 def test_samples_is_a_result_deciding_setting():
     old = {"samples": 2}
-    assert config_differences(old, {"samples": 3}) == ["samples: 2 -> 3"]
+    assert config_differences(old, {"samples": 3}) == ["--samples was 2, now 3"]
     assert config_differences({}, {"samples": 1}) == []  # a folder from before --samples: one sample
 
 
@@ -362,7 +362,7 @@ def test_cli_samples_on_the_pixel_model(fmnist, tmp_path):
         assert not list((tmp_path / "one").glob(f"{stem}.sample-*")) and not (tmp_path / "one" / f"{stem}.std.npy").exists()
     # a rerun with another N is refused; the same N resumes (an image whose mean is missing is redone)
     r = run(*common, "--samples", "2", "--batch-size", "1", "-o", tmp_path / "b1")
-    assert r.exit_code == 2 and "samples: 3 -> 2" in r.output, r.output
+    assert r.exit_code == 2 and "--samples was 3, now 2" in r.output, r.output
     (tmp_path / "b1" / f"{stems[1]}.png").unlink()
     r = run(*common, "--samples", "3", "--batch-size", "1", "-o", tmp_path / "b1")
     assert r.exit_code == 0, r.output

@@ -139,8 +139,21 @@ def score(out: torch.Tensor, ref: torch.Tensor, lp=None) -> tuple[dict[str, list
 
 
 def error_line(e: Exception) -> str:
-    """One line saying what went wrong (with the remedy for running out of GPU memory)."""
+    """One line saying what went wrong, in words (with the remedy for running out of GPU memory); the
+    exception's class is not for the user's eyes: records keep it as ``error_type`` (:func:`error_fields`)."""
     if isinstance(e, torch.cuda.OutOfMemoryError):
         return "out of GPU memory: lower --batch-size, use --dtype fp16/bf16, or a smaller --fit size"
+    if isinstance(e, MemoryError):
+        return "out of memory: lower --batch-size, or use a smaller --fit size"
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__ + " " + traceback.format_exc(limit=1).splitlines()[-1]
+    if isinstance(e, KeyError) and msg:
+        msg = f"missing entry {msg}"
+    return msg or "an unexpected failure with no message (a bug in restore: please report it with metrics.json)"
+
+
+def error_fields(e: Exception) -> dict:
+    """A failed image's record fields: the line a user reads, and the exception's class with where it was
+    raised (for a bug report)."""
+    where = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
+    detail = type(e).__name__ + (f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else "")
+    return {"error": error_line(e), "error_type": detail}

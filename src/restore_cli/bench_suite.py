@@ -4,7 +4,7 @@ A suite is a TOML file::
 
     name = "fmnist-regression"
     seeds = [0]                 # every image is restored once per seed
-    noise_sigma = 0.05          # measurement noise in the papers' units (--noise-sigma; default: its 0.01), unless a grid says otherwise
+    noise_sigma = 0.05          # measurement noise in the papers' units (--noise-sigma; default: the CLI's, 0.01, or 0 for jpeg), unless a grid says otherwise
     failure_psnr = 15.0         # an image under this PSNR counts as a failure (DiffStateGrad Fig. 3)
     batch_size = 8              # images per solver batch (results depend on it only through CG stopping)
     restart_rule = "residual"   # the cells with restarts: "residual" (the run of least measurement residual),
@@ -211,7 +211,6 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
     which cannot ship; without it those cells are skipped, saying so); ``overrides``: ``KEY=VALUE``
     strings set on every cell whose method has ``KEY`` (over the suite's own; a key no method of the
     suite has is an error), e.g. capping ReSample's inner iterations for a quick check."""
-    from .catalog import DEFAULT_NOISE_SIGMA
     from .config import ConfigError, load_registry
     from .registry import METHODS, TASKS, UsageError, parse_set
 
@@ -242,7 +241,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
         reg = load_registry(models_file)
     except ConfigError as e:
         raise SuiteError(str(e)) from None
-    noise = float(data.get("noise_sigma", DEFAULT_NOISE_SIGMA))  # the CLI's: one default everywhere
+    noise = data.get("noise_sigma")  # None: each task's default, the CLI's (catalog.default_noise_sigma)
     cells: list[Cell] = []
     grids = data.get("grid") or []
     if not grids:
@@ -320,7 +319,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
                 task_opts["kernel_model"] = str(Path(kernel_model).resolve())
             n_steps = steps if steps is not None else int(g["steps"]) if "steps" in g else None
             cells.append(Cell(t["task"], task_opts, m, model, bool(dsg), hp, float(guide),
-                              n_steps, float(g.get("noise_sigma", noise)),
+                              n_steps, _cell_noise(g.get("noise_sigma", noise), t["task"], task_opts),
                               int(g.get("restarts", TASKS[t["task"]].default_restarts)), dict(dsg_opts)))
     if set(extra) - used:
         raise SuiteError(f"--set: no method of the suite has {', '.join(sorted(set(extra) - used))}")
@@ -343,6 +342,14 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
                  cells=unique, lpips_net=str(data.get("lpips_net", "alex")), restart_rule=rule,
                  description=str(data.get("description", "")), image_source=dict(spec), models_file=models_file,
                  paper=paper)
+
+
+def _cell_noise(given, task: str, task_opts: dict) -> float:
+    """A cell's measurement noise: the grid's or the suite's ``noise_sigma``, else the CLI's default for its task
+    (0 for JPEG, as PiGDM's runs; :func:`restore_cli.catalog.default_noise_sigma`)."""
+    from .catalog import default_noise_sigma
+
+    return default_noise_sigma(task, task_opts) if given is None else float(given)
 
 
 # -- what every cell depends on besides itself ------------------------------------------------

@@ -178,15 +178,26 @@ NOISE_UNITS = {"phase-retrieval": (1.0, "std of the noise on |FFT| of [0, 1] ima
 DEFAULT_NOISE_UNIT = (2.0, "std of the noise on measurements of [-1, 1] images (the papers' codes)")
 
 
+def default_noise_sigma(task: str, task_opts: dict | None = None) -> float:
+    """``--noise-sigma``'s default for a task: 0 for a JPEG measurement (``restore jpeg``, ``--then jpeg:Q``), as
+    PiGDM's JPEG runs are noiseless (the decoded file is the measurement); :data:`DEFAULT_NOISE_SIGMA` otherwise."""
+    return 0.0 if task == "jpeg" or (task_opts or {}).get("then") is not None else DEFAULT_NOISE_SIGMA
+
+
 def noise_unit(task: str) -> tuple[float, str]:
     """``(scale, description)`` of ``--noise-sigma`` for ``task``: ``sigma_y([0, 1] units) = noise_sigma / scale``."""
     return NOISE_UNITS.get(task, DEFAULT_NOISE_UNIT)
 
 
+DAPS_SD_PROMPT = "a natural looking image"  # the DAPS code's Stable Diffusion prompt
+
+
 def resolve_prompt(model: ModelSpec, method: str, prompt: str | None = None) -> str | None:
     """The prompt a text-conditioned model runs with: ``prompt`` if given, else the model's
-    ``default_prompt``, except PSLD on a model with a text encoder (Stable Diffusion), which uses the
-    empty prompt as PSLD's code does.  None for a model without text conditioning."""
+    ``default_prompt``, except on a model with a text encoder (Stable Diffusion): PSLD uses the empty
+    prompt as PSLD's code does, and DAPS / latent DAPS "a natural looking image", the DAPS code's
+    (``configs/model/stable-diffusion-v1.5.yaml``; ``solvers.daps.SD_PROMPT``).  None for a model
+    without text conditioning."""
     text_conditioned = model.default_prompt is not None or any(
         c in model.components for c in ("text_encoder", "class_prompts"))
     if prompt is not None:
@@ -197,6 +208,8 @@ def resolve_prompt(model: ModelSpec, method: str, prompt: str | None = None) -> 
         return None
     if method == "psld" and "text_encoder" in model.components:
         return ""
+    if method in ("daps", "latent-daps") and "text_encoder" in model.components:
+        return DAPS_SD_PROMPT
     return model.default_prompt or ""
 
 

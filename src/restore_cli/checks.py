@@ -3,7 +3,8 @@ output paths, and the output names each input will get.
 
 ``restore <task>`` calls :func:`check` before it imports torch, so a usage error (exit code 2) is
 reported in well under a second, and :func:`restore_cli.run.resolve` calls it again for library
-users.  Nothing here reads an image or writes a file.
+users.  Nothing here writes a file or decodes an input image: it reads the inputs' headers (their
+sizes, with Pillow) and the files that options name (``--mask``, ``--kernel``: Pillow, numpy).
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import (JPEG_QUALITY_RANGE, METHODS, TASKS, THEN_TASKS, MethodInfo, UsageError, check_method,
-                      check_method_options, parse_then)
+from .catalog import (JPEG_QUALITY_RANGE, METHODS, TASK_DEFAULTS, TASKS, THEN_TASKS, MethodInfo, UsageError,
+                      check_method, check_method_options, default_noise_sigma, parse_then, resolve_prompt)
 from .config import ConfigError, ModelSpec, load_registry
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+# the files restore reads, given by name or found in a folder alike (a GIF: its first frame)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 FITS = ("resize", "pad", "none")
 RANK_MODES = ("channels", "paper", "reference")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -59,7 +64,7 @@ class RunConfig:
     dtype: str = "fp32"
     steps: int | None = None
     seed: int = 0
-    noise_sigma: float = 0.01
+    noise_sigma: float | None = None  # None: the task's default (catalog.default_noise_sigma), set by check
     batch_size: int = 1
     sets: list[str] = field(default_factory=list)
     task_opts: dict[str, Any] = field(default_factory=dict)
@@ -152,7 +157,7 @@ def check_options(cfg: RunConfig) -> None:
             _choice(f"--{key}", o[key], allowed)
     for key, kinds in KINDS_OF.items():
         v = o.get(key)
-        if v is not None and v not in kinds and not Path(v).is_file():
+        if v is not None and v not in kinds and not Path(v).exists():
             raise UsageError(f"--{key} {v!r}: not one of {', '.join(kinds)} nor an existing file")
     km = o.get("kernel_model")
     if o.get("kernel") == "nonlinear":
@@ -250,6 +255,10 @@ def check_paths(cfg: RunConfig, images: list[Path], stems: list[str]) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise UsageError(f"-o {out}: {probe} is a file, so the folder cannot be made")
+    fs = pseudo_filesystem(probe) if probe.exists() else None
+    if fs:
+        raise UsageError(f"-o {out}: {probe} is on the kernel's {fs} file system, not a disk: choose an output "
+                         "folder elsewhere")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"-o {out}: cannot write in {probe} (permission denied)")
     out_r = out.resolve()
@@ -268,13 +277,286 @@ def check_paths(cfg: RunConfig, images: list[Path], stems: list[str]) -> None:
         raise UsageError(f"-o {out}: an input is named metrics.json in the output folder")
 
 
+# -- the environment, the device and the files that options name: read before any model ----------------
+
+DEFAULT_MAX_PIXELS = 64_000_000
+MAX_PIXELS_ENV = "RESTORE_MAX_PIXELS"
+# file systems that are the kernel's windows, not storage: an output folder cannot be made there
+PSEUDO_FILESYSTEMS = {"proc", "sysfs", "devpts", "devtmpfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+                      "configfs", "pstore", "bpf", "fusectl", "mqueue", "binfmt_misc", "efivarfs", "autofs"}
+
+
+def max_pixels_limit(max_pixels: int | None = None) -> int | None:
+    """The pixel limit in force: ``max_pixels``, else env ``RESTORE_MAX_PIXELS``, else 64 MP; None if <= 0."""
+    if max_pixels is None:
+        env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if env:
+            try:
+                max_pixels = int(float(env))
+            except (ValueError, OverflowError):
+                raise UsageError(f"{MAX_PIXELS_ENV} must be a number of pixels (e.g. 100000000; 0: no limit), "
+                                 f"got {env!r}") from None
+        else:
+            max_pixels = DEFAULT_MAX_PIXELS
+    return None if max_pixels <= 0 else int(max_pixels)
+
+
+def cuda_possible() -> bool:
+    """False when CUDA surely is not available, known without importing torch: macOS, ``CUDA_VISIBLE_DEVICES``
+    empty or -1, or Linux without a GPU driver's device (NVIDIA, ROCm, WSL); otherwise torch decides."""
+    if sys.platform == "darwin":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1"):
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd",
+                                           "/dev/dxg"))
+
+
+def check_device(cfg: RunConfig) -> None:
+    """``--device`` and ``--dtype`` where the answer needs no torch (the rest: registry.resolve_device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return  # under a launcher each process is given its device
+    dev = cfg.device.split(":")[0]
+    if dev == "cuda" and not cuda_possible():
+        raise UsageError(f"device {cfg.device!r} requested but CUDA is not available (no GPU driver on this machine); "
+                         "use --device cpu or auto")
+    if dev == "mps" and sys.platform != "darwin":
+        raise UsageError("device 'mps' requested but MPS is not available (Apple GPUs, macOS only)")
+    on_cpu = dev == "cpu" or (dev == "auto" and sys.platform != "darwin" and not cuda_possible())
+    if cfg.dtype == "fp16" and on_cpu:
+        raise UsageError("fp16 needs a cuda or mps device; use bf16 or fp32 on the CPU")
+
+
+def _why(e: BaseException) -> str:
+    """What went wrong reading a file, in words (no exception class names)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image, or a format Pillow cannot read"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror[0].lower() + e.strerror[1:]
+    return " ".join(str(e).split()) or "unreadable"
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_named_file(option: str, path) -> Path:
+    """A file an option or the command line names must be a regular file (a named pipe would hang the read)."""
+    p = Path(path)
+    try:
+        kind = _file_kind(os.stat(p).st_mode)
+    except OSError as e:
+        raise UsageError(f"{option}{p}: {_why(e)}") from None
+    if kind is not None:
+        hint = "" if option else ": give an image file (or a folder of them)"
+        raise UsageError(f"{option}{p} is {kind}, not a file{hint}")
+    return p
+
+
+def check_input_files(inputs: list[Path]) -> None:
+    """Files given by name: regular files with an image suffix, the rule a folder's files are picked by."""
+    for p in inputs:
+        if Path(p).is_dir():
+            continue
+        check_named_file("", p)
+        if Path(p).suffix.lower() not in IMAGE_SUFFIXES:
+            raise UsageError(f"{p}: not an image file name; restore reads {', '.join(sorted(IMAGE_SUFFIXES))} files, "
+                             "given by name or in a folder")
+
+
+def read_kernel_file(path) -> "Any":
+    """A ``--kernel`` file (a ``.npy`` array, or a grey image) as a checked 2-D float64 numpy array; a
+    UsageError saying what is wrong with it otherwise (never unpickled)."""
+    import numpy as np
+
+    p = check_named_file("--kernel ", path)
+    try:
+        if p.suffix.lower() == ".npy":
+            k = np.load(p, allow_pickle=False)
+        else:
+            from PIL import Image
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(p) as im:
+                    k = np.asarray(im.convert("F"), dtype=np.float64)
+    except ValueError as e:
+        why = "it holds Python objects, not numbers" if "allow_pickle" in str(e) else _why(e)
+        raise UsageError(f"--kernel {p}: not a kernel restore can read ({why}); give a 2-D .npy array of numbers "
+                         "or a grey image") from None
+    except (OSError, SyntaxError, EOFError) as e:
+        raise UsageError(f"--kernel {p}: not a kernel restore can read ({_why(e)}); give a 2-D .npy array of "
+                         "numbers or a grey image") from None
+    if k.dtype.kind not in "biuf":
+        raise UsageError(f"--kernel {p}: holds {k.dtype} values; a kernel holds real numbers")
+    if k.ndim != 2:
+        raise UsageError(f"--kernel {p}: a blur kernel is a 2-D array; this one is "
+                         f"{k.ndim}-D ({'x'.join(map(str, k.shape)) or 'a single number'})")
+    k = k.astype(np.float64)
+    if not np.isfinite(k).all():
+        raise UsageError(f"--kernel {p}: {int((~np.isfinite(k)).sum())} of its {k.size} values are NaN or infinite")
+    if k.min() < 0 or k.sum() <= 0:
+        raise UsageError(f"--kernel {p}: a blur kernel has no negative values and a positive sum "
+                         f"(this one: smallest {k.min():g}, sum {k.sum():g})")
+    return k
+
+
+def read_mask_size(path) -> tuple[int, int]:
+    """A ``--mask`` file's (H, W), after checking that it decodes as an image."""
+    p = check_named_file("--mask ", path)
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                im.convert("L")
+                w, h = im.size
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a broken file
+        raise UsageError(f"--mask {p}: not a mask image restore can read ({_why(e)}); give an image, "
+                         "white = missing") from None
+    return h, w
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """An image's upright (H, W) from its header; None if the header cannot be read (the run then reports
+    the file as unreadable, per image)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                w, h = im.size
+                try:
+                    o = im.getexif().get(0x0112)
+                except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as when reading
+                    o = None
+    except Exception:  # noqa: BLE001
+        return None
+    return (w, h) if o in (5, 6, 7, 8) else (h, w)
+
+
+def native_size(model: ModelSpec) -> int | None:
+    """The side of the square a model works at, to which ``--fit`` adapts images; None: any size (the analytic
+    Gaussians, the Hub's latent models, whose latents follow the image)."""
+    if model.source == "analytic" or (model.kind == "latent" and model.source != "bundled"):
+        return None
+    return model.resolution
+
+
+def _wxh(hw) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+def min_side(cfg: RunConfig) -> tuple[int, str] | None:
+    """The smallest side a task can work at, and why; None when any size will do."""
+    o = {**TASK_DEFAULTS.get(cfg.task, {}), **cfg.task_opts}
+    if cfg.task == "inpaint" and o.get("mask") == "box" and not cfg.measured:
+        return 2, "for a box mask (half its height and width)"
+    if cfg.task == "superres" and not cfg.measured:
+        return int(o["scale"]), f"to downscale by --scale {o['scale']}"
+    return None
+
+
+def working_size(cfg: RunConfig, model: ModelSpec, hw: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) an input of ``hw`` is solved at (run.py's _measurement_inputs: the model's size with --fit
+    resize or pad; measured super-resolution: the upscaled size)."""
+    n = native_size(model)
+    f = int(cfg.task_opts.get("scale", 4)) if cfg.measured and cfg.task == "superres" else 1
+    if n is None or cfg.fit == "none":
+        return hw[0] * f, hw[1] * f
+    return n // f * f, n // f * f
+
+
+def check_sizes(cfg: RunConfig, model: ModelSpec, images: list[Path]) -> None:
+    """What the inputs' sizes must be for the options: --fit pad needs images no larger than the model; a task
+    needs a smallest size (a box mask, the super-resolution factor); a --mask file must be the size of the
+    image or of the size it is restored at (never stretched otherwise).  Sizes come from the headers; a file
+    whose header cannot be read is left to fail when it is read, on its own."""
+    mask = cfg.task_opts.get("mask") if cfg.task == "inpaint" else None
+    mask_hw = read_mask_size(mask) if mask is not None and mask not in KINDS_OF["mask"] else None
+    n = native_size(model)
+    f = int(cfg.task_opts.get("scale", 4)) if cfg.measured and cfg.task == "superres" else 1
+    pad = cfg.fit == "pad" and n is not None
+    small = min_side(cfg) if n is None or cfg.fit == "none" else None
+    if not (pad or small or mask_hw):
+        return
+    for p in images:
+        hw = image_size(p)
+        if hw is None:
+            continue
+        if pad and max(hw) > n // f:
+            raise UsageError(f"--fit pad: {p} is {_wxh(hw)} pixels, larger than {model.name}'s {n // f}x{n // f}"
+                             f"{' (its size / --scale)' if f > 1 else ''}: use --fit resize, or crop it")
+        work = working_size(cfg, model, hw)
+        if small and min(work) < small[0]:
+            raise UsageError(f"{p} is {_wxh(hw)} pixels: too small {small[1]}; the smallest is "
+                             f"{small[0]}x{small[0]}")
+        if mask_hw and mask_hw != work and not (mask_hw == hw and cfg.fit == "resize"):
+            at = "" if work == hw else f" and is restored at {_wxh(work)} ({model.name}'s size, --fit {cfg.fit})"
+            sizes = _wxh(work) if cfg.fit == "pad" or work == hw else f"{_wxh(hw)} or {_wxh(work)}"
+            raise UsageError(f"--mask {mask} is {_wxh(mask_hw)} pixels, but {p} is {_wxh(hw)}{at}: give a {sizes} "
+                             "mask (white = missing); a mask of another size is not stretched")
+
+
+def pseudo_filesystem(path: Path) -> str | None:
+    """The type of the kernel file system (proc, sysfs, ...) that ``path`` (existing) is on; None otherwise."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    real = str(Path(path).resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind if kind in PSEUDO_FILESYSTEMS else None
+
+
+def default_method(cfg: RunConfig) -> str:
+    """The method when no --method is given: on an analytic (Gaussian) model, the exact posterior of a linear
+    task (its mean, which looks right; exact samples of it with --samples N; a sampler's samples of a
+    Gaussian fill holes with coloured noise), unless a sampler's options are given (--steps, --set,
+    --diffstategrad); otherwise DPS."""
+    try:
+        analytic = cfg.model is not None and load_registry(cfg.models_file).get(cfg.model).source == "analytic"
+    except ConfigError:
+        return "dps"  # check reports the model
+    sampler = cfg.steps is not None or cfg.sets or cfg.diffstategrad
+    if not analytic or sampler or cfg.task not in METHODS["posterior-mean"].tasks:
+        return "dps"
+    return "posterior-sample" if (cfg.samples or 1) > 1 else "posterior-mean"
+
+
 def check(cfg: RunConfig) -> Checked:
     """Every check that needs neither torch nor a model; raises :class:`UsageError`."""
     if cfg.task not in TASKS:
         raise UsageError(f"unknown task {cfg.task!r}; available: {', '.join(TASKS)}")
+    if cfg.method is None:
+        cfg.method = default_method(cfg)
     if cfg.method not in METHODS:
         raise UsageError(f"unknown method {cfg.method!r}; available: {', '.join(METHODS)}")
+    if cfg.noise_sigma is None:
+        cfg.noise_sigma = default_noise_sigma(cfg.task, cfg.task_opts)
     check_options(cfg)
+    check_device(cfg)
+    max_pixels_limit()  # RESTORE_MAX_PIXELS is a number
+    if cfg.task == "deblur" and cfg.task_opts.get("kernel", "gaussian") not in KINDS_OF["kernel"]:
+        read_kernel_file(cfg.task_opts["kernel"])
     try:
         reg = load_registry(cfg.models_file)
         name = cfg.model
@@ -285,6 +567,7 @@ def check(cfg: RunConfig) -> Checked:
         raise UsageError(str(e)) from None
     info = check_method(cfg.method, cfg.task, model)
     check_method_options(info, cfg.task, cfg.task_opts, cfg.diffstategrad)
+    resolve_prompt(model, info.name, cfg.prompt)  # --prompt on a model without text conditioning
     if cfg.task_opts.get("then") is not None and "jpeg" not in info.tasks:
         raise UsageError(f"method {cfg.method!r} needs a linear operator; --then {cfg.task_opts['then']} makes the "
                          f"measurement non-linear (methods that take it: "
@@ -292,6 +575,7 @@ def check(cfg: RunConfig) -> Checked:
     missing = [p for p in cfg.inputs if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {missing[0]}")
+    check_input_files(cfg.inputs)
     seen: set[Path] = set()
     images = [p for p in list_images(cfg.inputs) if not (p.resolve() in seen or seen.add(p.resolve()))]  # a file given twice: once
     if not images:
@@ -301,6 +585,7 @@ def check(cfg: RunConfig) -> Checked:
         if other:
             raise UsageError(f"restore jpeg --measured reads each file's own quantisation tables: {other[0]} is not a "
                              f"JPEG file ({', '.join(JPEG_SUFFIXES)})")
+    check_sizes(cfg, model, images)
     stems = output_stems(images, cfg.samples or 1)
     check_paths(cfg, images, stems)
     restarts = cfg.restarts if cfg.restarts is not None else TASKS[cfg.task].default_restarts

@@ -26,11 +26,26 @@ from .catalog import DEFAULT_NOISE_SIGMA, METHODS
 from .console import (BenchProgress, RunProgress, err, out, print_summary, quiet_hub, quiet_libraries, rich_tqdm,
                       usage_error)
 
-# Typer's Rich help shows a value type for flags too ("--compare <bool>"), which invites `--compare true`;
-# a flag takes no value, so it shows none.
-if hasattr(typer.core.TyperOption, "display_type_rich"):
-    _option_type = typer.core.TyperOption.display_type_rich
-    typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
+# Typer's Rich help shows a value type for flags too ("--compare <bool>"), which invites `--compare true`,
+# and Python's types for values ("<list[Path]>"): a flag shows none, a value a plain metavar (TEXT, INT, PATH...).
+_PLAIN_TYPES = {"str": "TEXT", "int": "INT", "float": "FLOAT", "path": "PATH", "file": "PATH", "directory": "PATH"}
+
+
+def _plain_type(self, ctx):
+    if getattr(self, "is_flag", False):
+        return None
+    if self.metavar is not None and not isinstance(self, typer.core.TyperArgument):  # an argument's is its name
+        return self.metavar
+    label = self.display_type(ctx).strip("<>")
+    many = label.startswith("list[")  # an argument: several values; an option: repeatable
+    label = label[5:-1] if many else label
+    name = _PLAIN_TYPES.get(label.lower(), label.upper())
+    return f"{name}..." if many and isinstance(self, typer.core.TyperArgument) else name
+
+
+for _cls in (typer.core.TyperOption, typer.core.TyperArgument):
+    if hasattr(_cls, "display_type_rich"):
+        _cls.display_type_rich = _plain_type
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Restore images by solving inverse problems with diffusion-model priors.\n\n"
@@ -56,61 +71,58 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 P = inspect.Parameter
 COMMON = [
     P("inputs", P.KEYWORD_ONLY, annotation=Annotated[list[Path], typer.Argument(
-        help="Image files and/or folders of images.", show_default=False)]),
-    P("method", P.KEYWORD_ONLY, default="dps", annotation=Annotated[str, typer.Option(
-        "--method", help=f"Solver: {', '.join(METHODS)} (see `restore methods`).")]),
+        metavar="IMAGES", help="Image files and/or folders of images.", show_default=False)]),
+    P("method", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
+        "--method", help="Solver, see `restore methods` (default: dps; posterior-mean on a Gaussian --model).",
+        rich_help_panel="Method")]),
     P("model", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
-        "--model", help="Model name from models.toml or a local diffusers directory (default: the method's GPU default).")]),
+        "--model", help="Name in models.toml, or a diffusers folder (default: the method's).", rich_help_panel="Method")]),
     P("models_file", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(
-        "--models-file", help="Extra models.toml entries.")]),
+        "--models-file", help="More models.toml entries.", rich_help_panel="Method")]),
     P("prompt", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
-        "--prompt", help="Text prompt of a text-conditioned model (default: the model's default_prompt; \"\" for PSLD on Stable Diffusion, as its code).")]),
+        "--prompt", help="Prompt of a text-conditioned model.", rich_help_panel="Method")]),
     P("measured", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-        "--measured", help="Inputs are already degraded (no reference metrics).")]),
+        "--measured", help="Inputs are already degraded: no metrics.")]),
     P("diffstategrad", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-        "--diffstategrad/--no-diffstategrad", help="Project measurement gradients onto the diffusion state (DiffStateGrad).")]),
+        "--diffstategrad/--no-diffstategrad", help="Project the gradients (on/off).", show_default=False,
+        rich_help_panel="DiffStateGrad")]),
     P("var_cutoff", P.KEYWORD_ONLY, default=0.99, annotation=Annotated[float, typer.Option(
-        "--var-cutoff", help="DiffStateGrad's variance retention threshold tau.")]),
+        "--var-cutoff", help="Variance kept, tau.", rich_help_panel="DiffStateGrad")]),
     P("period", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
-        "--period", help="DiffStateGrad's period F (default: the method's; 1 for DPS, DAPS, PiGDM, PSLD; "
-        "ReSample 1 as the released script, 5 with --set dsg_stages=paper as App. C.1).")]),
+        "--period", help="Every F steps (default: method's).", rich_help_panel="DiffStateGrad")]),
     P("rank_mode", P.KEYWORD_ONLY, default="channels", annotation=Annotated[str, typer.Option(
-        "--rank-mode", help="DiffStateGrad rank rule: channels (the released code's rule, n / C), "
-        "paper (per channel, as the paper writes it), reference (the code literally, n / 3).")]),
+        "--rank-mode", help="channels, paper, reference.", rich_help_panel="DiffStateGrad")]),
     P("device", P.KEYWORD_ONLY, default="auto", annotation=Annotated[str, typer.Option(
-        "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")]),
+        "--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Device")]),
     P("dtype", P.KEYWORD_ONLY, default="fp32", annotation=Annotated[str, typer.Option(
-        "--dtype", help="Network precision: fp32 (every device), fp16 (cuda, mps), bf16 (cuda; "
-        "accepted on the CPU but usually much slower there).")]),
+        "--dtype", help="fp32, fp16 or bf16 (cuda).", rich_help_panel="Device")]),
     P("steps", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[int], typer.Option(
-        "--steps", help="Sampling steps (default: the method's).")]),
-    P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.")]),
-    P("noise_sigma", P.KEYWORD_ONLY, default=DEFAULT_NOISE_SIGMA, annotation=Annotated[float, typer.Option(
-        "--noise-sigma", help=escape("Measurement noise std in the papers' units: on [-1, 1] images, as their codes add it "
-        "(phase retrieval: on |FFT| of [0, 1] images, as DAPS; DPS's code takes |FFT| of [-1, 1] images, about twice as "
-        "large, so its 0.05 is about 0.025 here). 0.01: DiffStateGrad's PSLD and ReSample rows, P2L's tables; "
-        "0.05: DPS's and DAPS's (DiffStateGrad's DAPS rows too)."))]),
+        "--steps", help="Sampling steps (default: the method's).", rich_help_panel="Method")]),
+    P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.",
+                                                                              rich_help_panel="Method")]),
+    P("noise_sigma", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[float], typer.Option(
+        "--noise-sigma", show_default=False, help=escape(f"Noise std on [-1, 1] images (default {DEFAULT_NOISE_SIGMA:g}; "
+        "0 for jpeg and --then jpeg:Q, noiseless as PiGDM's)."))]),
     P("batch_size", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
-        "--batch-size", help="Images per batch (with --samples N: solves per batch, an image being N of them).")]),
+        "--batch-size", help="Images solved together.", rich_help_panel="Device")]),
     P("samples", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
-        "--samples", help="Posterior samples per image: writes each (<stem>.sample-K.png), their mean as <stem>.png "
-        "and their per-pixel std (<stem>.std.png, <stem>.std.npy).")]),
+        "--samples", help="Samples per image: also their mean and std.", rich_help_panel="Method")]),
     P("output", P.KEYWORD_ONLY, default=Path("restored"), annotation=Annotated[Path, typer.Option(
-        "--output", "-o", help="Output folder.")]),
+        "--output", "-o", help="Output folder.", rich_help_panel="Output")]),
     P("sets", P.KEYWORD_ONLY, default=[], annotation=Annotated[list[str], typer.Option(
-        "--set", help="KEY=VALUE for any method hyperparameter (repeatable).")]),
+        "--set", help="A hyperparameter (repeatable).", metavar="KEY=VALUE", rich_help_panel="Method")]),
     P("fit", P.KEYWORD_ONLY, default="resize", annotation=Annotated[str, typer.Option(
-        "--fit", help="Adapt images to the model's size: resize, pad, none.")]),
+        "--fit", help="resize, pad or none (to the model).", rich_help_panel="Output")]),
     P("compare", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-        "--compare", help="Also write <stem>.compare.png (reference | measurement | restored).")]),
+        "--compare", help="Also write a labelled figure.", rich_help_panel="Output")]),
     P("overwrite", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-        "--overwrite", help="Redo images whose outputs exist.")]),
+        "--overwrite", help="Redo images whose outputs exist.", rich_help_panel="Output")]),
     P("low_memory", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-        "--low-memory", help="Gradient checkpointing in the UNet (and a latent model's decoder): less memory, slower.")]),
+        "--low-memory", help="Less memory, slower (checkpointing).", rich_help_panel="Device")]),
     P("lpips_net", P.KEYWORD_ONLY, default="alex", annotation=Annotated[str, typer.Option(
-        "--lpips-net", help="LPIPS backbone: alex or vgg.")]),
+        "--lpips-net", help="LPIPS backbone: alex or vgg.", rich_help_panel="Output")]),
     P("quiet", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-        "--quiet/--verbose", "-q", help="Only errors / also a per-image table.")]),
+        "--quiet/--verbose", "-q", help="Only errors.", show_default=False, rich_help_panel="Output")]),
 ]
 COMMON_NAMES = [p.name for p in COMMON]
 
@@ -135,7 +147,7 @@ def task_command(name: str, example: str):
 
 
 THEN = Annotated[Optional[str], typer.Option(
-    "--then", help="Compose: JPEG-compress the measurement afterwards, jpeg:Q (quality Q, e.g. jpeg:10; PiGDM Sec. 5.3).")]
+    "--then", help="Then JPEG-compress: jpeg:Q (e.g. jpeg:10).")]
 
 
 def _then(opts: dict, then: str | None) -> dict:
@@ -144,19 +156,19 @@ def _then(opts: dict, then: str | None) -> dict:
 
 
 @task_command("inpaint", "restore inpaint --method daps --diffstategrad --mask freeform photo.png")
-def inpaint(mask: Annotated[str, typer.Option("--mask", help="box, random, freeform, or PATH to a mask image (white = missing).")] = "box",
+def inpaint(mask: Annotated[str, typer.Option("--mask", help="box, random, freeform, or PATH (white = missing).")] = "box",
             then: THEN = None):
     """Fill in missing pixels."""
     return _then({"mask": mask}, then)
 
 
 @task_command("deblur", "restore deblur --kernel motion --method dps photos/")
-def deblur(kernel: Annotated[str, typer.Option("--kernel", help="gaussian, motion, uniform, nonlinear (BKSE's network, "
-                                                "with --kernel-model), or PATH (.npy or image).")] = "gaussian",
+def deblur(kernel: Annotated[str, typer.Option("--kernel", help="gaussian, motion, uniform, nonlinear, or PATH "
+                                                "(.npy or image).")] = "gaussian",
            kernel_size: Annotated[int, typer.Option("--kernel-size", help="Kernel side (gaussian, motion).")] = 61,
            border: Annotated[str, typer.Option("--border", help="reflect, circular or zeros.")] = "reflect",
-           kernel_model: Annotated[Optional[Path], typer.Option("--kernel-model", help="--kernel nonlinear: BKSE's "
-                                                              "GOPRO_wVAE.pth (see README).")] = None,
+           kernel_model: Annotated[Optional[Path], typer.Option("--kernel-model", help="BKSE's GOPRO_wVAE.pth "
+                                                              "(--kernel nonlinear).")] = None,
            then: THEN = None):
     """Remove blur."""
     opts = {"kernel": kernel, "kernel_size": kernel_size, "border": border}
@@ -174,8 +186,8 @@ def superres(scale: Annotated[int, typer.Option("--scale", help="Integer factor.
 
 
 @task_command("phase-retrieval", "restore phase-retrieval --method daps --diffstategrad --restarts 4 face.png")
-def phase_retrieval(restarts: Annotated[Optional[int], typer.Option("--restarts", help="Runs per image; the smallest measurement residual wins (default: 4).")] = None,
-                    restart_rule: Annotated[str, typer.Option("--restart-rule", help="residual (least measurement residual), or oracle (max PSNR against the reference; the DAPS code reports each metric's best run, which restore bench scores with a suite's restart_rule).")] = "residual",
+def phase_retrieval(restarts: Annotated[Optional[int], typer.Option("--restarts", help="Runs per image (default: 4).")] = None,
+                    restart_rule: Annotated[str, typer.Option("--restart-rule", help="Best run: residual or oracle (README).")] = "residual",
                     oversample: Annotated[float, typer.Option("--oversample", help="Oversampling of the Fourier transform.")] = 2.0):
     """Recover an image from the magnitude of its Fourier transform."""
     return {"oversample": oversample, "_restarts": restarts, "_restart_rule": restart_rule}
@@ -189,13 +201,23 @@ def hdr(hdr_scale: Annotated[float, typer.Option("--hdr-scale", help="Scale befo
 
 
 @task_command("jpeg", "restore jpeg --quality 10 --method pigdm --noise-sigma 0 photo.png")
-def jpeg(quality: Annotated[Optional[int], typer.Option("--quality", help="JPEG quality factor 2-100 (libjpeg's "
-                                                        "tables; default 10, PiGDM's). Ignored with --measured: each "
-                                                        ".jpg's own tables are used.")] = None,
-         rounding: Annotated[str, typer.Option("--rounding", help="ste (true rounding, straight-through gradient) "
-                                               "or cubic (Shin & Song's smooth surrogate).")] = "ste"):
+def jpeg(quality: Annotated[Optional[int], typer.Option("--quality", help="Quality 2-100 (default: 10; "
+                                                        "--measured: the file's).")] = None,
+         rounding: Annotated[str, typer.Option("--rounding", help="ste or cubic (README).")] = "ste"):
     """Undo JPEG compression (a differentiable JPEG as the forward model); --measured: restore real .jpg files."""
     return {**({} if quality is None else {"quality": quality}), "rounding": rounding}
+
+
+def quiet_warnings() -> None:
+    """Python warnings that are not for the user's eyes: tqdm's "rich is experimental" (a TqdmExperimentalWarning
+    about the download bars), numpy's "invalid value encountered" (a NaN is refused when read, or recorded in
+    words), and the posterior mean's conjugate-gradient note (said per image as a warning line)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="posterior-mean: conjugate")
+    warnings.filterwarnings("ignore", message="rich is experimental")
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message="(invalid value|overflow|divide by zero) encountered")
 
 
 def _run(task: str, common: dict, task_opts: dict) -> int:
@@ -218,12 +240,9 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
     from .hub import ModelUnavailable
     from .run import execute, resolve
 
-    quiet_libraries()
-    import warnings
-
-    warnings.filterwarnings("ignore", message="posterior-mean: conjugate")  # said per image as a warning line
+    quiet_warnings()
     try:
-        plan = resolve(cfg)
+        plan = resolve(cfg)  # imports torch (the solvers' --set names), never diffusers: a usage error in a second
     except UsageError as e:
         return usage(str(e))
     if task == "deblur" and task_opts.get("kernel") == "nonlinear":  # a bad --kernel-model: one line, before the model
@@ -234,15 +253,22 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
         except KernelModelError as e:
             err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             return 1
-    for w in plan.warnings if main else []:
-        err.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
+    # the plan's warnings, once the output folder has taken the run (a refusal there is then the only line)
+    unsaid = list(plan.warnings) if main else []
+
+    def warn(message: str) -> None:
+        if main:
+            err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
     try:
         with RunProgress(quiet or not main) as prog:
             def events(kind, info):
+                while unsaid:
+                    warn(unsaid.pop(0))
+                if kind == "model":
+                    quiet_libraries()  # imports diffusers and transformers (seconds), now that the model loads
                 if kind == "warning":
-                    if main:
-                        err.print(f"[yellow]warning:[/yellow] {escape(info['message'])}", highlight=False, soft_wrap=True)
+                    warn(info["message"])
                 else:
                     prog.event(kind, info)
 
@@ -256,7 +282,7 @@ def _run(task: str, common: dict, task_opts: dict) -> int:
         err.print("interrupted: finished images are kept; rerun the same command to continue")
         return 130
     if main:
-        print_summary(report, quiet)
+        print_summary(report, quiet, prog.reported)  # the failures not said yet
     return 1 if report.failed else 0
 
 
@@ -325,7 +351,7 @@ def bench_cmd(
     from .bench_results import compare, load_results, parse_tolerances
     from .registry import UsageError, resolve_device
 
-    quiet_libraries()
+    quiet_warnings()
     try:
         tol = parse_tolerances(tolerance)
         if images is not None and not images.is_dir():
@@ -340,6 +366,7 @@ def bench_cmd(
         base = None if baseline is None else load_results(baseline)
     except (SuiteError, UsageError) as e:
         raise typer.Exit(usage_error(str(e)))
+    quiet_libraries()
     out_dir = output or Path("bench") / plan.name
     from .distributed import current
 
@@ -381,8 +408,13 @@ def bench_cmd(
             Console(stderr=True, width=200).print(t)
             code = 1
         elif not quiet:
-            out.print(f"no regression against {baseline} (tolerances {tol})", highlight=False)
+            out.print(f"no regression against {baseline} (tolerances: {say_tolerances(tol)})", highlight=False)
     raise typer.Exit(code)
+
+
+def say_tolerances(tol: dict[str, float]) -> str:
+    """Tolerances as a person writes them: ``psnr 0.5 dB, ssim 0.02, lpips 0.02, failure rate 0.1``."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:g}{' dB' if k == 'psnr' else ''}" for k, v in tol.items())
 
 
 @models_app.command("list")
@@ -442,6 +474,7 @@ def models_download(name: str, models_file: Annotated[Optional[Path], typer.Opti
     except ConfigError as e:
         raise typer.Exit(usage_error(str(e)))
     quiet_hub()
+    quiet_warnings()
     try:
         path = download(spec, token=token, tqdm_class=rich_tqdm())
     except ModelUnavailable as e:
@@ -492,7 +525,27 @@ def models_convert(
 
 
 def main():
-    app()
+    """The console script: Typer's app, with Click's own usage errors (an unknown option, a missing value)
+    said in one line like restore's, instead of a framed block."""
+    try:  # Typer (0.22+) carries its own copy of Click; older ones use Click itself
+        from typer._click import exceptions as click_errors
+        from typer.exceptions import Abort
+    except ImportError:
+        from click import exceptions as click_errors
+        from click.exceptions import Abort
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as e:
+        e.ctx.get_help()  # Typer prints the (Rich) help itself
+        code = e.exit_code
+    except click_errors.UsageError as e:
+        hint = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
+        code = usage_error(f"{e.format_message().rstrip('.')}{hint}")
+    except Abort:
+        err.print("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

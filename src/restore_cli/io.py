@@ -12,7 +12,6 @@ Writing (8- or 16-bit PNGs, float32 ``.npy`` arrays, JSON; atomically) is in ``w
 from __future__ import annotations
 
 import math
-import os
 import struct
 import sys
 import threading
@@ -24,11 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import FITS, IMAGE_SUFFIXES, list_images  # noqa: F401 - torch-free; re-exported here
+from . import checks
+from .checks import DEFAULT_MAX_PIXELS, FITS, IMAGE_SUFFIXES, MAX_PIXELS_ENV, list_images  # noqa: F401 - re-exported
 from .writing import encode_png16, json_safe, write_json_atomic, write_npy, write_png  # noqa: F401 - re-exported
-
-DEFAULT_MAX_PIXELS = 64_000_000
-MAX_PIXELS_ENV = "RESTORE_MAX_PIXELS"
 
 
 class ImageReadError(Exception):
@@ -47,17 +44,12 @@ class ImageInfo:
 
 
 def max_pixels_limit(max_pixels: int | None = None) -> int | None:
-    """The pixel limit in force: ``max_pixels``, else env ``RESTORE_MAX_PIXELS``, else 64 MP; None if <= 0."""
-    if max_pixels is None:
-        env = os.environ.get(MAX_PIXELS_ENV, "").strip()
-        if env:
-            try:
-                max_pixels = int(float(env))
-            except ValueError:
-                raise ImageReadError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {env!r}") from None
-        else:
-            max_pixels = DEFAULT_MAX_PIXELS
-    return None if max_pixels <= 0 else int(max_pixels)
+    """The pixel limit in force: ``max_pixels``, else env ``RESTORE_MAX_PIXELS``, else 64 MP; None if <= 0.
+    (``restore`` checks the variable before it starts: :func:`restore_cli.checks.max_pixels_limit`.)"""
+    try:
+        return checks.max_pixels_limit(max_pixels)
+    except checks.UsageError as e:
+        raise ImageReadError(str(e)) from None
 
 
 def read_image(path: Path, channels: int | None = None, max_pixels: int | None = None) -> torch.Tensor:
@@ -112,7 +104,9 @@ def read_image_info(
         raise ImageReadError(
             f"cannot read {path}: {_one_line(e)}; set {MAX_PIXELS_ENV}=N to allow larger images"
         ) from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as e:
+    except UnidentifiedImageError:  # Pillow's message repeats the path
+        raise ImageReadError(f"cannot read {path}: not an image file (or one in a format Pillow cannot read)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as e:
         raise ImageReadError(f"cannot read {path}: {_one_line(e)}") from e
     if grey and img.shape[0] == 3:  # 16-bit grey+alpha, which Pillow opens as RGBA
         img = img[:1]
@@ -197,7 +191,7 @@ def _decode(im, path: Path):
         a = np.asarray(im)
         return a, (65535.0 if a.size and a.max() > 255 else 255.0), False, grey, bits
     if mode == "F":
-        return np.clip(np.asarray(im), 0, 1), 1.0, False, grey, bits
+        return np.clip(_finite(np.asarray(im)), 0, 1), 1.0, False, grey, bits
     if mode in ("RGB", "RGBA") and tiles and all(_rawmode(t).startswith(mode + ";16") for t in tiles):
         hi = np.asarray(im)
         lo = _low_bytes(path, im)
@@ -208,12 +202,18 @@ def _decode(im, path: Path):
         return np.asarray(im), 255.0, False, grey, bits
     if mode == "LA":
         return np.asarray(im), 255.0, True, grey, bits
-    if mode in ("1",):
-        return np.asarray(im.convert("L")), 255.0, False, grey, bits
+    if mode in ("1",) or (mode == "P" and "transparency" not in im.info and _grey_palette(im)):
+        return np.asarray(im.convert("L")), 255.0, False, True, bits
     if mode in ("RGBA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
         a = np.asarray(im.convert("RGBA"))
         return (a[..., [0, 3]] if grey else a), 255.0, True, grey, bits
     return np.asarray(im.convert("RGB")), 255.0, False, grey, bits
+
+
+def _grey_palette(im) -> bool:
+    """A palette image (GIF, 8-bit PNG) whose colours are all greys."""
+    pal = np.asarray(im.getpalette() or [0, 0, 1]).reshape(-1, 3)
+    return bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all())
 
 
 def _low_bytes(path: Path, im) -> np.ndarray | None:
@@ -294,7 +294,7 @@ def _read_tiff_fallback(path: Path, limit: int | None):
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.dtype.kind == "f":
-        a, scale, bits = np.clip(a, 0, 1), 1.0, 16
+        a, scale, bits = np.clip(_finite(a), 0, 1), 1.0, 16
     elif a.dtype.kind in "ui":
         scale, bits = float(np.iinfo(a.dtype).max), (8 if a.dtype.itemsize == 1 else 16)
     elif a.dtype == bool:
@@ -303,6 +303,16 @@ def _read_tiff_fallback(path: Path, limit: int | None):
         raise ValueError(f"unsupported TIFF sample type {a.dtype}")
     alpha = a.ndim == 3 and a.shape[-1] in (2, 4)
     return a, scale, alpha, bits, orientation
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    """A float image's samples, refused (ValueError, one line) if any is NaN or infinite: nothing can be
+    restored from them, and a solver would only carry them into its result."""
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        raise ValueError(f"{bad} of its {a.size} pixel values are NaN or infinite (a float image must hold numbers, "
+                         "white = 1)")
+    return a
 
 
 def _orientation(im) -> int | None:

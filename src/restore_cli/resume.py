@@ -36,9 +36,50 @@ def _get(d: dict, path: tuple):
     return d
 
 
+# the words a user knows each result-deciding setting by (its option; a dict's keys are options of their own)
+SETTING_NAMES = {("task",): "the task", ("mode",): "the mode (--measured)", ("operator", "noise_sigma"): "--noise-sigma",
+                 ("method", "name"): "--method", ("method", "revision"): "the method's revision (a fix to it)",
+                 ("method", "diffstategrad"): "--diffstategrad", ("model", "name"): "--model",
+                 ("model", "revision"): "the model's revision", ("model", "prompt"): "--prompt", ("seed",): "--seed",
+                 ("dtype",): "--dtype", ("fit",): "--fit", ("lpips", "net"): "--lpips-net", ("samples",): "--samples"}
+# a dict-valued setting: the name of each of its keys
+KEY_NAMES = {("operator", "task_options"): lambda k: "--" + k.replace("_", "-"),
+             ("method", "overrides"): lambda k: f"--set {k}",
+             ("method", "diffstategrad"): lambda k: f"DiffStateGrad's {k}",
+             ("restarts",): lambda k: {"count": "--restarts", "rule": "--restart-rule"}.get(k, f"restarts {k}")}
+
+
+def _say(v) -> str:
+    """A setting's value as a user would type it."""
+    if v is None:
+        return "not set"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_say(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(_say, v))
+    return str(v) if v != "" else '""'
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
-    """``key: old -> new`` for every result-deciding setting that differs between two runs' configs."""
-    return [f"{'.'.join(k)}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in RESULT_KEYS if _get(old, k) != _get(new, k)]
+    """``--seed was 0, now 1`` for every result-deciding setting that differs between two runs' configs
+    (a dict-valued one, such as the task's options, key by key: ``--mask was box, now random``)."""
+    out = []
+    for k in RESULT_KEYS:
+        a, b = _get(old, k), _get(new, k)
+        if a == b:
+            continue
+        if k in KEY_NAMES and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{KEY_NAMES[k](key)} was {_say(a.get(key))}, now {_say(b.get(key))}"
+                    for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+        elif k == ("method", "diffstategrad") and (a is None or b is None):
+            out.append(f"--diffstategrad was {'off' if a is None else 'on'}, now {'off' if b is None else 'on'}")
+        else:
+            out.append(f"{SETTING_NAMES.get(k, ' '.join(k))} was {_say(a)}, now {_say(b)}")
+    return out
 
 
 def previous_records(plan: "Plan", out: Path, config: dict) -> dict[str, dict]:
@@ -59,7 +100,9 @@ def previous_records(plan: "Plan", out: Path, config: dict) -> dict[str, dict]:
         old_config, old_images = old["config"], old.get("images", [])
         version = old.get("schema_version", 0)
     except Exception as e:  # noqa: BLE001
-        raise UsageError(f"{metrics_path} is not a readable restore metrics file ({type(e).__name__}); "
+        why = (e.strerror or "unreadable" if isinstance(e, OSError) else "not valid JSON" if isinstance(e, ValueError)
+               else "no run settings in it")
+        raise UsageError(f"{metrics_path} is not a readable restore metrics file ({why}); "
                          "use --overwrite to start over, or another -o") from None
     if version < 2:
         raise UsageError(f"{out} holds results of an older restore (metrics schema {version}); "
@@ -124,7 +167,7 @@ def remove_stale(paths: list[Path]) -> list[str]:
         try:
             f.unlink(missing_ok=True)
         except OSError as e:
-            warnings.append(f"--overwrite: could not remove the earlier run's {f} ({type(e).__name__}: {e})")
+            warnings.append(f"--overwrite: could not remove the earlier run's {f} ({e.strerror or e})")
     return warnings
 
 

@@ -27,14 +27,15 @@ from .checks import RunConfig, check  # noqa: F401 - RunConfig is part of this m
 from .config import ModelSpec
 from .distributed import Shard, current, locked_update, output_lock  # noqa: F401 - output_lock: this module's API
 from .hub import ModelUnavailable, load_prior
-from .io import ImageReadError, fit_to, read_image_info, side_by_side, unfit, write_json_atomic, write_npy, write_png
-from .batch import error_line, finite, score, solve_batch
+from .io import ImageReadError, fit_to, read_image_info, unfit, write_json_atomic, write_npy, write_png
+from .batch import error_fields, finite, score, solve_batch
 from .metrics import LPIPS, lpips_status, measurement_residual
 from .catalog import TASK_DEFAULTS
 from .registry import MethodInfo, UsageError, noise_unit, parse_set, resolve_device, resolve_dtype, resolve_prompt
 from .report import SCHEMA_VERSION, environment, summarize
 from .resume import RESULT_KEYS, config_differences, plan_records, remove_stale, stale_outputs  # noqa: F401 - this module's API
-from .samples import Moments, pixel_std, std_colours, std_figure, with_colour_bar
+from .figures import compare_figure
+from .samples import Moments, pixel_std, std_figure
 from .solvers import DiffStateGrad, StepInfo
 
 
@@ -160,14 +161,14 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
     emit = events or (lambda kind, info: None)
     shard = plan.shard
     if shard.world == 1:
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_folder(out)
         with output_lock(out):
             return _execute(plan, out, emit, tqdm_class)
     with ExitStack() as stack:
         error = None
         if shard.main:
             try:
-                out.mkdir(parents=True, exist_ok=True)
+                make_output_folder(out)
                 stack.enter_context(output_lock(out))
             except (UsageError, OSError) as e:
                 error = str(e)
@@ -175,6 +176,14 @@ def execute(plan: Plan, events: Events | None = None, tqdm_class=None) -> Report
         if error:
             raise UsageError(error)
         return _execute(plan, out, emit, tqdm_class)
+
+
+def make_output_folder(out: Path) -> None:
+    """``-o``, made if needed; a folder that cannot be made is a usage error in one line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"-o {out}: cannot make this folder ({e.strerror or e}); choose another output folder") from None
 
 
 def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
@@ -203,7 +212,7 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
             "samples": cfg.samples,
             "warnings": list(plan.warnings),
         },
-        "environment": environment(),
+        "environment": {},  # below, once the folder is known to take this run (it imports diffusers: seconds)
         "images": [],
         "summary": {},
     }
@@ -223,6 +232,7 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
     verdict = shard.broadcast(verdict)
     if isinstance(verdict, str):
         raise UsageError(verdict)
+    data["environment"] = environment()
     carried, records, todo = verdict
     mine = shard.share(todo)
     ours = {r["input"] for r in records}
@@ -305,7 +315,8 @@ def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data
         except ModelUnavailable:
             raise  # already one clear line
         except Exception as e:  # noqa: BLE001 - a broken model directory or file: one line, exit 1
-            raise ModelUnavailable(f"could not load model {plan.model.name!r}: {type(e).__name__}: {e}") from e
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelUnavailable(f"could not load model {plan.model.name!r}: {why}") from e
     finally:
         if shard.world > 1 and shard.local_rank == 0:
             shard.barrier()
@@ -338,7 +349,7 @@ def _solve_all(plan: Plan, out: Path, todo: list[int], records: list[dict], data
                 for item in batch:
                     run_batch([item])
                 return
-            records[batch[0][0]].update({"status": "failed", "error": error_line(e)})
+            records[batch[0][0]].update({"status": "failed", **error_fields(e)})
         flush()
 
     batch: list = []
@@ -428,8 +439,8 @@ def _process(plan, prior, lp, batch, records, stems, out, emit, native_hw):
         # a diverged image (NaN/inf) is a failure with its reason, not a black PNG; a rerun retries it
         diverged = not bool(torch.isfinite(out_imgs[k]).all())
         if cfg.compare and not diverged:
-            panels = ([img] if ref is not None else []) + [vis[k], restored]
-            write_png(out / f"{stem}.compare.png", side_by_side(panels))
+            write_png(out / f"{stem}.compare.png", compare_figure(img if ref is not None else None, vis[k], restored,
+                                                               op.select([k]), how))
         if not diverged:
             write_png(out / f"{stem}.png", restored, bits=info.bits)  # 16-bit inputs give 16-bit results
         rec = records[i]
@@ -493,9 +504,8 @@ def _write_samples(plan, lp, batch, records, stems, out, emit, prepared, sb, sha
             write_npy(out / f"{stem}.std.npy", std)
             write_png(out / f"{stem}.std.png", std_figure(std))
             if cfg.compare:
-                colours, vmax = std_colours(std)
-                panels = ([img] if ref is not None else []) + [vis[k], restored, colours]
-                write_png(out / f"{stem}.compare.png", with_colour_bar(side_by_side(panels), vmax))
+                write_png(out / f"{stem}.compare.png", compare_figure(img if ref is not None else None, vis[k], restored,
+                                                                   op.select([k]), how, std=std, samples=n))
             write_png(out / f"{stem}.png", restored, bits=info.bits)
 
         def row(name, r):

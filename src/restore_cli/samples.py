@@ -90,13 +90,11 @@ def _label(value: float) -> str:
 
 def colour_bar(height: int, vmax: float, bar_width: int = 14) -> torch.Tensor:
     """A vertical scale bar ``[3, height, W]`` on white: viridis from 0 (bottom) to ``vmax`` (top), labelled."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    size = max(10, min(24, height // 18))
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
+    from .figures import font as default_font
+
+    font = default_font(max(10, min(24, height // 18)))
     top, bottom = _label(vmax), "0"
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(probe.textbbox((0, 0), s, font=font)[2] for s in (top, bottom, "std"))

@@ -9,7 +9,10 @@
   the dictionary items the file puts in it. A file that names a function of ``builtins``
   (``eval``, ``getattr``, ...) or anything from a module that runs code or commands
   (:data:`_HOSTILE_MODULES`: ``os``, ``sys``, ``subprocess``, ...) is refused in one line, as
-  hostile (nothing of it would have run either). :func:`load_state_dict` keeps only the tensors.
+  hostile (nothing of it would have run either), as is a TorchScript archive (``torch.load`` would
+  run its code), an attempt to set the attributes of anything but a tensor, a parameter, an ordered
+  dict or a stand-in, and a persistent reference ``torch.save`` never writes. :func:`load_state_dict`
+  keeps only the tensors.
 * :func:`convert_adm` and :func:`convert_ldm` turn a state dict into a diffusers folder
   (``unet/`` [+ ``vqvae/``] + ``scheduler/``, safetensors) with the schedule of the original
   config, written under a temporary name and renamed into place only when complete.
@@ -54,11 +57,11 @@ _HOSTILE_MODULES = frozenset({
 
 
 class _Refused(Exception):
-    """A checkpoint names a code runner (``name``: what it names, as a user would write it)."""
+    """A checkpoint asks for something a weights file never needs (``what``: said as a user would read it)."""
 
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.name = name
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
 
 
 class _Inert(dict):
@@ -100,8 +103,19 @@ def _allowed_globals() -> dict:
     return {k: v for k, v in allowed.items() if k != "_codecs.encode"}
 
 
-class _Unpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that imports nothing: torch's allowed globals, inert stand-ins, or :class:`_Refused`."""
+class _Unpickler(pickle._Unpickler):
+    """An unpickler that imports nothing: torch's allowed globals, inert stand-ins, or :class:`_Refused`.
+
+    The pure-Python one (``data.pkl`` is small; the tensors' bytes are not pickled), so that two of its steps
+    can be checked as torch's weights-only unpickler checks them:
+
+    * BUILD (``__setstate__`` or attribute setting) only on tensors, parameters, ordered dicts and stand-ins:
+      on an allowed class or function it would change torch or the standard library for the whole process,
+      and in the non-zip format lead torch to write a ``.patch`` file named by the checkpoint;
+    * persistent ids only as ``torch.save`` writes them (``("storage", ...)``), not the source-checking
+      ``"module"`` ids of the non-zip format nor those of the older tar format."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -116,12 +130,36 @@ class _Unpickler(pickle.Unpickler):
         if full in allowed:
             return allowed[full]
         if module == "builtins" and not isinstance(getattr(builtins, name, None), type):
-            raise _Refused(name)  # eval, exec, getattr, __import__, open, ...
+            raise _Refused(f"asks to call {name}")  # eval, exec, getattr, __import__, open, ...
         if module.partition(".")[0] in _HOSTILE_MODULES:
-            raise _Refused(full)
+            raise _Refused(f"asks to call {full}")
         if full not in self._standins:
             self._standins[full] = type(name, (_Inert,), {"__module__": module, "__qualname__": name})
         return self._standins[full]
+
+    def _load_build(self):
+        import collections
+
+        import torch
+
+        target = self.stack[-2]
+        if not (type(target) in (torch.Tensor, torch.nn.Parameter, collections.OrderedDict) or isinstance(target, _Inert)):
+            name = getattr(target, "__qualname__", type(target).__qualname__)
+            raise _Refused(f"asks to change the attributes of {name}")
+        pickle._Unpickler.load_build(self)
+
+    def _load_binpersid(self):
+        pid = self.stack[-1]
+        if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
+            raise _Refused("holds a reference torch.save never writes (an old or forged format)")
+        pickle._Unpickler.load_binpersid(self)
+
+    def _load_persid(self):
+        raise _Refused("holds a reference torch.save never writes (an old or forged format)")
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BINPERSID[0]] = _load_binpersid
+    dispatch[pickle.PERSID[0]] = _load_persid
 
 
 def _unpickle(file, **kwargs):
@@ -150,9 +188,17 @@ def read_state_dict(path: Path) -> dict:
 
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", pickle_module=_SAFE_PICKLE, weights_only=False)
+        with open(path, "rb") as f:
+            # torch.load hands a TorchScript archive (a zip holding constants.pkl) to torch.jit.load, which runs
+            # its code: ask torch's own test, on this open file, so that the test and the load read the same bytes
+            if torch.serialization._is_zipfile(f):
+                with torch.serialization._open_zipfile_reader(f) as z:
+                    if torch.serialization._is_torchscript_zip(z):
+                        raise _Refused("holds TorchScript code (a torch.jit archive)")
+            f.seek(0)
+            ckpt = torch.load(f, map_location="cpu", pickle_module=_SAFE_PICKLE, weights_only=False)
     except _Refused as e:
-        raise ConversionError(f"{path.name}: refused: the checkpoint asks to call {e.name} (nothing was run); "
+        raise ConversionError(f"{path.name}: refused: the checkpoint {e.what} (nothing was run); "
                               f"if you trust it, torch.save its state_dict alone and convert that") from None
     except Exception as e:  # noqa: BLE001 - an unreadable file: one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -135,9 +135,13 @@ class LatentDiffusionPrior(Prior):
         return img
 
     # -- denoiser -----------------------------------------------------------------------
-    def denoise(self, x, sigma, **cond):
+    def denoise(self, x, sigma, timestep: float | None = None, **cond):
+        """``E[z0 | z]``; ``timestep``: the network timestep to evaluate at instead of the one the model's own
+        schedule gives ``sigma`` (DAPS's ``timestep_map="vp"``: the DAPS code's EDM ``VPPrecond`` map)."""
         self.nfe += 1
         s, t = sigma_and_t(self.schedule, sigma, x)  # no copy to the device, no wait for it
+        if timestep is not None:
+            t = torch.full_like(t, float(timestep))
         return self._denoise(x, s, t=t, **cond)
 
     def _denoise(self, x, sigma, cond=None, t=None):

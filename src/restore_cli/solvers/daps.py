@@ -57,6 +57,34 @@ per task (``lr``, ``lr_min_ratio``, ``momentum``, ``langevin_steps`` = the HMC s
 ``ldm:`` group (LDM-VQ-4; also any other latent model, e.g. the bundled ones, and the oracle) or
 the ``sd:`` group (models with a CLIP text encoder: Stable Diffusion).
 
+The model around the network, as the 2025 code builds it (``model/__init__.py``; defaults set per model
+by :func:`latent_task_defaults`):
+
+* LDM-VQ-4 (any VQ latent model: the code's ``LDM`` class): the network runs under EDM's ``VPPrecond``
+  (``model/precond.py``, its defaults ``beta_d = 19.9``, ``beta_min = 0.1``, ``M = 1000``), which feeds it the
+  timestep of the continuous DDPM-linear schedule, ``t = (M - 1) (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2))
+  - beta_min) / beta_d`` (:func:`vp_precond_timestep`), not that of the model's own (LDM's sqrt-linear
+  0.0015-0.0195) schedule: at sigma = 0.1 the network is told t = 27 where its schedule has t = 5.6, at
+  sigma = 10 t = 675 for 737.  That is ``timestep_map = "vp"``, the default on VQ models because it is what
+  produced the code's LDM numbers (the paper's tables) and its ``ldm:`` step sizes were tuned with it;
+  ``--set timestep_map=model`` gives the model's own schedule (the timestep consistent with the noise
+  level, the default on every other model).  Both keep the code's input scaling ``1 / sqrt(1 + sigma^2)``.
+* Stable Diffusion (a model with a CLIP text encoder: the code's ``StableDiffusionModel`` with
+  ``configs/model/stable-diffusion-v1.5.yaml``): classifier-free guidance ``cfg_scale`` = 7.5
+  (``eps = eps_null + 7.5 (eps_prompt - eps_null)``, the null prompt ""), with the prompt "a natural
+  looking image" (:data:`SD_PROMPT`; the run's default prompt for ``daps``/``latent-daps`` on such a model,
+  ``--prompt`` changes it); and the latent decoded at ``decode_size`` = 512 (the code's ``inner_resolution``)
+  and resized by bilinear interpolation (``F.interpolate(..., mode="bilinear")``, no antialiasing: exactly the
+  2x2 mean for 512 -> 256) to the image's own size (the code's ``target_resolution`` = 256, the size of its
+  FFHQ/ImageNet test images).  The solver's forward model is therefore ``A(R(D(z)))`` with ``R`` that resize:
+  the measurement ``y``, the restored image and its metrics all stay at the image's size, and only the
+  latent is at the decode size (64x64 for a 256x256 image).  An image whose shorter side is at least
+  ``decode_size`` is decoded at its own size (no resize); otherwise both sides are scaled by
+  ``decode_size / shorter side``.  The code's ``sd:`` step sizes were tuned in this setup.
+  ``--set cfg_scale=1 --set decode_size=0`` is the unguided model decoded at the image's size.  The code
+  maps sigma to SD's timestep with the continuous form of its scaled-linear schedule (``cores/scheduler.py``
+  ``VPScheduler``): within 1.5 timesteps of 1000 of the model's own discrete schedule used here.
+
 The paper's text writes the latent update as the pixel one: Langevin dynamics with
 ``||A(D(z0)) - y||^2 / (2 beta_y^2) + ||z0 - z0_hat||^2 / (2 r_t^2)`` and no clipping: that is
 ``--set mc_algo=langevin --set data_weight=0.5 --set grad_clip=0`` (with ``lr`` retuned: the
@@ -74,7 +102,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
+from ..catalog import DAPS_SD_PROMPT
+from ..rng import randn
 from .base import Solver, noise_like, per_image_sq_norm
 from .projection import projector
 
@@ -109,18 +140,36 @@ SD_TASKS = {
     "hdr": _hmc(45, 1.0e-5, 1.0, 0.7),
     "deblur_nonlinear": _hmc(60, 1e-5, 1.0, 0.80),
 }
+# the code's models around the network (model/__init__.py): Stable Diffusion with
+# configs/model/stable-diffusion-v1.5.yaml (guidance_scale 7.5, prompt, inner_resolution 512 -> target_resolution 256),
+# LDM under VPPrecond (model/precond.py)
+SD_PROMPT = DAPS_SD_PROMPT  # the run's default prompt on such a model (catalog.resolve_prompt)
+SD_MODEL = {"cfg_scale": 7.5, "decode_size": 512}
+LDM_MODEL = {"timestep_map": "vp"}
+VP_PRECOND = {"beta_d": 19.9, "beta_min": 0.1, "M": 1000}  # VPPrecond's defaults, which LDM(...) keeps
+
+
+def vp_precond_timestep(sigma: float, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000) -> float:
+    """EDM's ``VPPrecond`` network timestep for ``sigma``: ``(M - 1) sigma_inv(sigma)``,
+    ``sigma_inv(sigma) = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d``."""
+    return (M - 1) * (math.sqrt(beta_min**2 + 2 * beta_d * math.log1p(sigma**2)) - beta_min) / beta_d
+
+
 # tasks the code has no config for: free-form and file masks take box inpainting's, other kernels Gaussian's
 _ALIASES = {"inpaint_freeform": "inpaint_box", "inpaint_file": "inpaint_box"}
 
 
 def latent_task_defaults(prior, task_key: str) -> dict:
-    """The 2025 code's latent settings for ``task_key`` on ``prior``: the ``sd:`` group for a model with a CLIP
-    text encoder (Stable Diffusion), else the ``ldm:`` group."""
-    table = SD_TASKS if hasattr(prior, "text_encoder") else LDM_TASKS
+    """The 2025 code's latent settings for ``task_key`` on ``prior``: the ``sd:`` group and the code's SD model
+    (``SD_MODEL``: guidance 7.5, decoded at 512) for a model with a CLIP text encoder (Stable Diffusion), else the
+    ``ldm:`` group, with the code's ``VPPrecond`` timesteps (``LDM_MODEL``) on a VQ model (LDM-VQ-4)."""
+    sd = hasattr(prior, "text_encoder")
+    table = SD_TASKS if sd else LDM_TASKS
     key = _ALIASES.get(task_key, task_key)
     if key not in table:
         key = "deblur_gaussian" if key.startswith("deblur") else "inpaint_box"
-    return {**LATENT, **table[key]}
+    model = SD_MODEL if sd else LDM_MODEL if getattr(prior, "is_vq", False) else {}
+    return {**LATENT, **table[key], **model}
 
 
 class DAPS(Solver):
@@ -131,8 +180,10 @@ class DAPS(Solver):
         "langevin_steps": 100, "lr": 1e-4, "lr_min_ratio": 0.01, "tau": 0.01,
         # the MCMC update, the likelihood's weight and gradient clipping, the grids' release (module docstring)
         "mc_algo": "langevin", "momentum": 0.9, "data_weight": 0.5, "grad_clip": 0.0, "schedule": "v24",
+        # latent models: the network's timestep map, classifier-free guidance, the decode size (module docstring)
+        "timestep_map": "model", "cfg_scale": 1.0, "decode_size": 0,
     }
-    choices = {"mc_algo": ("langevin", "hmc"), "schedule": ("v24", "v25")}
+    choices = {"mc_algo": ("langevin", "hmc"), "schedule": ("v24", "v25"), "timestep_map": ("model", "vp")}
     guidance_keys = ("lr",)  # the Langevin step size
     # the code's per-task learning rates (pixel configs)
     task_defaults = {
@@ -141,6 +192,22 @@ class DAPS(Solver):
         "phase_retrieval": {"lr": 5e-5}, "hdr": {"lr": 2e-5},
         "deblur_nonlinear": {"lr": 5e-5},  # nonlinear_blur.yaml (100 Langevin steps, the default)
     }
+
+    def __init__(self, prior, op, diffstategrad=None, **hparams):
+        super().__init__(prior, op, diffstategrad, **hparams)
+        h = self.hp
+        if h["timestep_map"] == "vp" and not (prior.space == "latent" and hasattr(prior, "unet")):
+            raise ValueError("daps: timestep_map=vp needs a latent diffusion network (LDM, Stable Diffusion)")
+        if float(h["cfg_scale"]) != 1.0 and not getattr(prior, "conditional", False):
+            raise ValueError("daps: cfg_scale needs a text- or class-conditioned model")
+        if int(h["decode_size"]) > 0 and prior.space != "latent":
+            raise ValueError("daps: decode_size applies to latent models only")
+        self._inner = None  # the decode shape during a run, when it differs from the image's
+
+    @classmethod
+    def method_revision(cls, task, space="pixel"):
+        """2 on latent models: the code's VPPrecond timesteps (VQ) and guidance and decode size (SD) by default."""
+        return 2 if space == "latent" else cls.revision
 
     @classmethod
     def tuned_steps(cls, space, steps_key):
@@ -172,12 +239,66 @@ class DAPS(Solver):
             return self.prior.schedule.edm_sigmas(n, sigma, lo)
         return self.prior.schedule.edm_sigmas(n + 1, sigma, lo)[:-1]
 
+    def tweedie(self, x, sigma: float):
+        """The prior's ``E[x0 | x]`` at ``sigma``; with ``timestep_map = "vp"`` the network is evaluated at the
+        code's ``VPPrecond`` timestep (:func:`vp_precond_timestep`)."""
+        if self.hp["timestep_map"] == "vp":
+            return self.prior.denoise(x, sigma, timestep=vp_precond_timestep(sigma, **VP_PRECOND))
+        return self.prior.denoise(x, sigma)
+
+    def decode_shape(self):
+        """``(C, H', W')`` the latent decodes to when ``decode_size`` exceeds the image's shorter side, else None."""
+        c, h, w = self.op.in_shape
+        size = int(self.hp["decode_size"])
+        if size <= 0 or min(h, w) >= size:
+            return None
+        scale = size / min(h, w)
+        return (c, round(h * scale), round(w * scale))
+
+    def image(self, z):
+        """``R(D(z))``: the decoded image, resized to the image's size when decoded larger (the code's SD
+        ``decode``: bilinear, no antialiasing)."""
+        img = self.prior.decode(z)
+        if self._inner is not None:
+            img = F.interpolate(img, size=tuple(self.op.in_shape[-2:]), mode="bilinear", align_corners=False)
+        return img
+
+    def residual(self, x0, y):
+        """``y - A(R(D(z0)))`` in the code's units."""
+        return self.op.residual_scale * (y - self.op.A(self.image(x0)))
+
+    def init_x(self, y, gens, sigma_max):
+        shape = self.prior.model_shape(self._inner or self.op.in_shape)
+        return sigma_max * randn(shape, gens, device=y.device, dtype=y.dtype)
+
+    def run(self, y, gens, callback=None):
+        """The shared loop with the prior's classifier-free guidance set to ``cfg_scale`` and the latent at the
+        decode shape for the run (both restored after it); the result is ``R(D(z_N))``."""
+        prior = self.prior
+        self._inner = self.decode_shape()
+        saved = getattr(prior, "guidance_scale", None), getattr(prior, "_image_hw", None)
+        if getattr(prior, "conditional", False):
+            prior.guidance_scale = float(self.hp["cfg_scale"])
+        self.decode_result = self._inner is None  # else decoded and resized below
+        try:
+            res = super().run(y, gens, callback)
+            if self._inner is not None:
+                with torch.no_grad():
+                    res.images = self.image(res.model).clamp(0, 1)
+        finally:
+            if saved[0] is not None:
+                prior.guidance_scale = saved[0]
+            if hasattr(prior, "_image_hw"):
+                prior._image_hw = saved[1]
+            self._inner = None
+        return res
+
     def ode_x0(self, x, sigma):
         """Euler PF-ODE from ``sigma`` down the ``ode_grid`` (``ode_steps`` evaluations)."""
         grid = self.ode_grid(sigma)
         with torch.no_grad():
             for s, s_next in zip(grid[:-1].tolist(), grid[1:].tolist()):
-                d = self.prior.denoise(x, s)
+                d = self.tweedie(x, s)
                 x = d + (s_next / s) * (x - d)  # x + (1 - s_next/s) (D - x)
         return x
 
