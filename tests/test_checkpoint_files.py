@@ -421,7 +421,9 @@ def test_a_torchscript_archive_is_refused_before_its_code_runs(tmp_path, capfd):
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script: deprecated, still what such files hold
         torch.jit.save(torch.jit.script(M()), str(path))
     capfd.readouterr()
-    torch.jit.load(str(path))  # the control: loading it runs the code
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.load(str(path))  # the control: loading it runs the code
     assert "THE FILE'S CODE RAN" in capfd.readouterr().out
     with pytest.raises(ConversionError, match="^evil.pt: refused: the checkpoint holds TorchScript code"):
         read_state_dict(path)

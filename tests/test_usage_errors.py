@@ -324,3 +324,20 @@ models = ["gaussian-grey"]
     assert cells("") == {"jpeg": 0.0, "inpaint": 0.01}
     assert cells("noise_sigma = 0.05") == {"jpeg": 0.05, "inpaint": 0.05}  # said: it wins
     assert cells("", "noise_sigma = 0.02") == {"jpeg": 0.02, "inpaint": 0.02}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["inpaint", "--methd", "dps", "x.png"], "usage error: No such option: --methd (Possible options: --method"),
+    (["inpaint"], "usage error: Missing argument 'IMAGES'; see 'restore inpaint --help'"),
+    (["inpaint", "--steps", "abc", "x.png"], "usage error: Invalid value for '--steps'"),
+    (["frobnicate"], "usage error: No such command 'frobnicate'; see 'restore --help'"),
+])
+def test_the_command_lines_own_mistakes_are_one_line_too(argv, says):
+    """Click's errors (unknown option, missing argument, bad value) from the console script: one line, exit 2,
+    no framed block and no traceback."""
+    script = Path(sys.executable).parent / "restore"  # the console script, so the command path reads "restore"
+    r = subprocess.run([str(script), *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(says), r.stderr
+    assert "╭" not in r.stderr and "Traceback" not in r.stderr
