@@ -12,8 +12,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-NEED="restore_cli torch diffusers"; EXTRA=""
-[ $MINIMAL = 1 ] || { NEED="$NEED pytest"; EXTRA="[test]"; }
+# (a module added to restore's requirements is listed here too, so that an existing .venv gets it)
+NEED="restore_cli torch diffusers matplotlib"; EXTRA=""
+[ $MINIMAL = 1 ] || { NEED="$NEED pytest importlinter material"; EXTRA="[test]"; }
 # found, not imported (importing torch takes seconds)
 if ! $VPY -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in '$NEED'.split()))" 2>/dev/null; then
   [ $MINIMAL = 1 ] || $VPY -m pip install -q --upgrade pip

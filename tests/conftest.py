@@ -18,4 +18,4 @@ def gens():
     return make_generators(123, 2)
 
 
-from restore_cli.testing import save_tiny_latent_model, tiny_unet  # noqa: E402,F401
+from restore_cli.models.testing import save_tiny_latent_model, tiny_unet  # noqa: E402,F401

@@ -1,5 +1,11 @@
 """restore: image restoration with diffusion-model priors.
 
+From Python, ``restore_cli.restore(images, task=..., method=..., model=...)`` does what the command does
+(:mod:`restore_cli.api`).  The packages, from the top: ``cli`` (the command), ``bench`` (suites),
+``runs`` (one run), ``models`` (names, Hub, cache), ``solvers``, ``priors``, ``ops`` and ``metrics``,
+then ``convert`` and ``images`` (checkpoint and image files) and small utilities; each imports only from
+the ones below it (``[tool.importlinter]`` in pyproject.toml).
+
 Conventions used everywhere in this package:
 
 * images are float tensors ``[B, C, H, W]`` in ``[0, 1]``; a prior maps to and
@@ -12,3 +18,15 @@ Conventions used everywhere in this package:
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["restore", "Restored", "__version__"]
+
+
+def __getattr__(name: str):
+    """``restore_cli.restore`` (:mod:`restore_cli.api`), imported on first use: the command line starts
+    without torch."""
+    if name in ("restore", "Restored"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m restore_cli``: the ``restore`` command (and ``accelerate launch -m restore_cli ...``)."""
 
-from .cli import main
+from .cli.app import main
 
 main()

@@ -82,3 +82,14 @@ def rand(shape_per_image: Sequence[int], gens: Generators, *, device=None, dtype
     """Uniform ``[0, 1)`` counterpart of :func:`randn`."""
     out = torch.stack([torch.rand(tuple(shape_per_image), generator=g, dtype=torch.float32) for g in gens])
     return out.to(device=device, dtype=dtype)
+
+
+def noise_like(x: torch.Tensor, gens: Generators) -> torch.Tensor:
+    """``rng.randn_like(x, gens)`` (the same values: drawn image by image on the CPU from each image's
+    generator) without making a GPU wait: on CUDA the draws are copied from pinned memory asynchronously,
+    where a plain copy of pageable memory synchronises the host with the device at every step."""
+    if x.device.type != "cuda":
+        return randn_like(x, gens)
+    if x.shape[0] != len(gens):
+        raise ValueError(f"batch of {x.shape[0]} but {len(gens)} generators")
+    return randn(tuple(x.shape[1:]), gens).pin_memory().to(x.device, non_blocking=True).to(x.dtype)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 import pickle
 import subprocess
 import sys
@@ -40,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from ..config import cache_dir
 from torch import nn
+
+from ..cache import cache_dir
 
 HUB_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 JAX_FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}

@@ -20,7 +20,6 @@ operator's, added once at the end): here ``sigma_y`` is the composition's own (b
 
 from __future__ import annotations
 
-
 from .base import LinearOperator, Operator
 
 

@@ -9,7 +9,6 @@ the prior's model space.  A variance-preserving diffusion model trained on
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

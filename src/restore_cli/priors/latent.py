@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..rng import noise_like
 from .base import Prior, Schedule
 from .diffusion import sigma_and_t, unet_x0
 from .gaussian import GaussianPrior
@@ -40,11 +41,6 @@ def _unet_x0(unet, x, sigma, schedule: Schedule, prediction_type: str, cond=None
     """The VE Tweedie estimate of a VP network (the pixel prior's conversion, variance output dropped)."""
     return unet_x0(unet, x, sigma, schedule, prediction_type, cond, t)[0]
 
-
-def _noise_like(x, gens):
-    from ..solvers.base import noise_like  # rng.randn_like, copied to a GPU without waiting for it
-
-    return noise_like(x, gens)
 
 
 class LatentDiffusionPrior(Prior):
@@ -122,7 +118,7 @@ class LatentDiffusionPrior(Prior):
             z = self.ae.encode(x.to(p.dtype)).latents
         else:
             dist = self.ae.encode(x.to(p.dtype)).latent_dist
-            z = dist.mean if gens is None else dist.mean + dist.std * _noise_like(dist.mean, gens)
+            z = dist.mean if gens is None else dist.mean + dist.std * noise_like(dist.mean, gens)
         return z.to(img.dtype) * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ from .dds import DDS
 from .diffpir import DiffPIR
 from .dps import DPS
 from .gml_dps import GMLDPS
-from .pigdm import PiGDM
 from .p2l import P2L
+from .pigdm import PiGDM
 from .projection import DiffStateGrad
 from .psld import PSLD
 from .resample import ReSample

@@ -17,7 +17,7 @@ import torch
 
 from ..ops import Operator
 from ..priors import Prior
-from ..rng import Generators, randn, randn_like
+from ..rng import Generators, noise_like, randn
 from .projection import DiffStateGrad
 
 
@@ -41,17 +41,6 @@ class Result:
 
 
 Callback = Callable[[StepInfo], None]
-
-
-def noise_like(x: torch.Tensor, gens: Generators) -> torch.Tensor:
-    """``rng.randn_like(x, gens)`` (the same values: drawn image by image on the CPU from each image's
-    generator) without making a GPU wait: on CUDA the draws are copied from pinned memory asynchronously,
-    where a plain copy of pageable memory synchronises the host with the device at every step."""
-    if x.device.type != "cuda":
-        return randn_like(x, gens)
-    if x.shape[0] != len(gens):
-        raise ValueError(f"batch of {x.shape[0]} but {len(gens)} generators")
-    return randn(tuple(x.shape[1:]), gens).pin_memory().to(x.device, non_blocking=True).to(x.dtype)
 
 
 def per_image_sq_norm(v: torch.Tensor) -> torch.Tensor:
@@ -257,5 +246,5 @@ class Solver:
         return None if dsg is None else dsg.params()
 
 
-__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "learned_noise_std", "noise_like",
+__all__ = ["Solver", "Result", "StepInfo", "Callback", "ancestral_step", "learned_noise_std",
            "per_image_sq_norm"]

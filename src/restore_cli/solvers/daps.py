@@ -72,7 +72,7 @@ by :func:`latent_task_defaults`):
 * Stable Diffusion (a model with a CLIP text encoder: the code's ``StableDiffusionModel`` with
   ``configs/model/stable-diffusion-v1.5.yaml``): classifier-free guidance ``cfg_scale`` = 7.5
   (``eps = eps_null + 7.5 (eps_prompt - eps_null)``, the null prompt ""), with the prompt "a natural
-  looking image" (:data:`SD_PROMPT`; the run's default prompt for ``daps``/``latent-daps`` on such a model,
+  looking image" (:data:`restore_cli.models.catalog.DAPS_SD_PROMPT`; the run's default prompt for ``daps``/``latent-daps`` on such a model,
   ``--prompt`` changes it); and the latent decoded at ``decode_size`` = 512 (the code's ``inner_resolution``)
   and resized by bilinear interpolation (``F.interpolate(..., mode="bilinear")``, no antialiasing: exactly the
   2x2 mean for 512 -> 256) to the image's own size (the code's ``target_resolution`` = 256, the size of its
@@ -104,9 +104,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..catalog import DAPS_SD_PROMPT
-from ..rng import randn
-from .base import Solver, noise_like, per_image_sq_norm
+from ..rng import noise_like, randn
+from .base import Solver, per_image_sq_norm
 from .projection import projector
 
 # the 2025 code's latent samplers (configs/sampler/latent_edm_daps.yaml = sd_edm_daps.yaml)
@@ -143,7 +142,6 @@ SD_TASKS = {
 # the code's models around the network (model/__init__.py): Stable Diffusion with
 # configs/model/stable-diffusion-v1.5.yaml (guidance_scale 7.5, prompt, inner_resolution 512 -> target_resolution 256),
 # LDM under VPPrecond (model/precond.py)
-SD_PROMPT = DAPS_SD_PROMPT  # the run's default prompt on such a model (catalog.resolve_prompt)
 SD_MODEL = {"cfg_scale": 7.5, "decode_size": 512}
 LDM_MODEL = {"timestep_map": "vp"}
 VP_PRECOND = {"beta_d": 19.9, "beta_min": 0.1, "M": 1000}  # VPPrecond's defaults, which LDM(...) keeps

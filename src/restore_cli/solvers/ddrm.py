@@ -45,7 +45,8 @@ import math
 import torch
 
 from ..ops.svd import DEFAULT_ZERO, svd_of
-from .base import Solver, noise_like
+from ..rng import noise_like
+from .base import Solver
 
 
 class DDRM(Solver):

@@ -47,8 +47,8 @@ import math
 import torch
 
 from ..ops.base import cg, default_tol
-from ..rng import Generators
-from .base import Solver, noise_like
+from ..rng import Generators, noise_like
+from .base import Solver
 
 RENOISE = ("code", "ddim")
 

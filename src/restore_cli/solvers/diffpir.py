@@ -76,8 +76,8 @@ import math
 
 import torch
 
-from ..rng import Generators
-from .base import Solver, noise_like
+from ..rng import Generators, noise_like
+from .base import Solver
 
 SIGMA_N_FLOOR = 0.001  # the code's sigma = max(0.001, noise_level_img)
 SKIPS = ("quad", "uniform")

@@ -73,9 +73,9 @@ import math
 
 import torch
 
-from .base import MaskedAdamW, Solver, noise_like
+from ..rng import noise_like
+from .base import MaskedAdamW, Solver
 from .projection import projector
-
 
 MIN_ITERS = 5  # the fewest inner-optimiser iterations a scaled budget gives
 
