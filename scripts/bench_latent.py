@@ -3,7 +3,7 @@
 Prints a table: NFE (denoiser calls), decoder and encoder passes, backward passes, seconds and
 peak memory per image (CUDA allocator peak on a GPU; the process's peak RSS on the CPU, model
 included).  The model is a tiny random VQ (or KL) latent diffusion model built from a config
-(``restore_cli.testing``), so the numbers measure the solvers' own work, not image quality.
+(``restore_cli.models.testing``), so the numbers measure the solvers' own work, not image quality.
 
     .venv/bin/python scripts/bench_latent.py [--size 64] [--kind vq|kl] [--device cpu|cuda] [--full]
 
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from restore_cli.config import local_model
-from restore_cli.hub import load_prior
+from restore_cli.models.config import local_model
+from restore_cli.models.hub import load_prior
 from restore_cli.ops import Inpainting, box_mask
 from restore_cli.profiling import measure
 from restore_cli.rng import make_generators
 from restore_cli.solvers import DPS, GMLDPS, PSLD, DiffStateGrad, ReSample
-from restore_cli.testing import save_tiny_latent_model
+from restore_cli.models.testing import save_tiny_latent_model
 
 
 def main():

@@ -1,6 +1,6 @@
 """The real-size tier: every registered real model at its exact architecture (random weights), through the CLI.
 
-For each model of ``restore_cli.testing.REAL_MODELS`` (ffhq-256, imagenet-256, ldm-ffhq-256,
+For each model of ``restore_cli.models.testing.REAL_MODELS`` (ffhq-256, imagenet-256, ldm-ffhq-256,
 ldm-celebahq-256, ddpm-celebahq-256, sd-v1-5) this builds the model from its committed config
 (``src/restore_cli/data/architectures/``) with random weights, then runs ``restore <task>`` on one
 image at the model's native resolution for 2 sampler steps with every learned method that runs on
@@ -34,7 +34,7 @@ def build(name: str, workdir: Path) -> Path:
     d = workdir / name
     if (d / ".complete").exists():
         return d
-    code = ("import sys; from restore_cli.config import load_registry; from restore_cli.testing import save_random_model; "
+    code = ("import sys; from restore_cli.models.config import load_registry; from restore_cli.models.testing import save_random_model; "
             "import shutil, pathlib; d = pathlib.Path(sys.argv[2]); shutil.rmtree(d, ignore_errors=True); "
             "save_random_model(load_registry().get(sys.argv[1]), d); (d / '.complete').write_text('ok')")
     subprocess.run([sys.executable, "-c", code, name, str(d)], check=True)
@@ -52,8 +52,8 @@ def image_for(size: int, workdir: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    from restore_cli.config import load_registry
-    from restore_cli.testing import REAL_MODELS, real_size_args, real_size_cells
+    from restore_cli.models.config import load_registry
+    from restore_cli.models.testing import REAL_MODELS, real_size_args, real_size_cells
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(REAL_MODELS))
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         cli = [task, str(img), "--model", str(folder), *real_size_args(method, task, dsg, args.steps, args.device),
                "-o", str(out), "--overwrite"]
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "restore_cli.cli", *cli], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "restore_cli.cli.app", *cli], capture_output=True, text=True)
         wall = time.perf_counter() - t0
         rec = {"model": model, "method": method, "task": task, "dsg": dsg, "steps": args.steps, "exit": p.returncode,
                "wall_s": round(wall, 1), "device": args.device}

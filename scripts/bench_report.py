@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from restore_cli.bench_results import markdown_table, outdated  # noqa: E402
+from restore_cli.bench.results import markdown_table, outdated  # noqa: E402
 
 
 def cells(data):
@@ -134,7 +134,7 @@ def bar2_every_task(data) -> list[str]:
 
 def bars(data) -> list[str]:
     out = []
-    from restore_cli.catalog import METHODS
+    from restore_cli.models.catalog import METHODS
 
     diffusion = sorted({cfg["method"] for cfg, _ in cells(data)} - {"pseudo-inverse", "posterior-mean", "posterior-sample"})
     # 1. LPIPS on box inpainting against the Gaussian posterior mean
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None):
     missing = [str(s) for s in srcs if not s.is_file()]
     if missing:
         parser.error(f"no such results file: {', '.join(missing)}")
-    from restore_cli.bench import load_suite
+    from restore_cli.bench.suite import load_suite
 
     suite = load_suite(ROOT / "benchmarks" / "fmnist.toml")
     data = merge([json.loads(src.read_text()) for src in srcs], suite)

@@ -4,11 +4,11 @@ For each model x method x batch size x dtype x DiffStateGrad x low-memory cell, 
 task's operator for a batch of images at the model's native resolution, runs the method for
 ``--steps`` sampler steps and times each step (the first is a warm-up and is not counted when
 there are two or more).  Models are the registered ones: the bundled ``fmnist-ddpm-32`` and
-``fmnist-ldm-32`` load as they are; the real models of ``restore_cli.testing.REAL_MODELS``
+``fmnist-ldm-32`` load as they are; the real models of ``restore_cli.models.testing.REAL_MODELS``
 (``ffhq-256``, ``imagenet-256``, ``ldm-ffhq-256``, ``ldm-celebahq-256``, ``ddpm-celebahq-256``,
 ``sd-v1-5``) are built from their exact architectures with random weights
-(``restore_cli.testing.save_random_model``, once, in ``--workdir``), as ``scripts/bench_models.py``
-does.  Inner loops are capped as in the real-size tier (``restore_cli.testing.TIER_CAPS``: DAPS 3
+(``restore_cli.models.testing.save_random_model``, once, in ``--workdir``), as ``scripts/bench_models.py``
+does.  Inner loops are capped as in the real-size tier (``restore_cli.models.testing.TIER_CAPS``: DAPS 3
 Langevin and 2 ODE steps, ReSample 3 optimiser iterations, P2L 1 prompt step), and ReSample runs its
 hard data consistency at every step (``every=1``), so a "step" is one sampler step of each method's
 own kind, not a 1/N-th of a default run.
@@ -54,8 +54,8 @@ def build(name: str, workdir: Path) -> Path:
     d = workdir / name
     if (d / ".complete").exists():
         return d
-    code = ("import sys, shutil, pathlib; from restore_cli.config import load_registry; "
-            "from restore_cli.testing import save_random_model; d = pathlib.Path(sys.argv[2]); "
+    code = ("import sys, shutil, pathlib; from restore_cli.models.config import load_registry; "
+            "from restore_cli.models.testing import save_random_model; d = pathlib.Path(sys.argv[2]); "
             "shutil.rmtree(d, ignore_errors=True); save_random_model(load_registry().get(sys.argv[1]), d); "
             "(d / '.complete').write_text('ok')")
     subprocess.run([sys.executable, "-c", code, name, str(d)], check=True)
@@ -64,7 +64,7 @@ def build(name: str, workdir: Path) -> Path:
 
 def methods_for(kind: str) -> list[str]:
     """The learned methods that run on a model kind (latent DPS under its latent name)."""
-    from restore_cli.catalog import METHODS
+    from restore_cli.models.catalog import METHODS
 
     out = []
     for name, info in METHODS.items():
@@ -132,9 +132,9 @@ def nothing():
 
 def load(model: str, device: torch.device, dtype: torch.dtype, low_memory: bool, workdir: Path):
     """``(prior, resolution, channels)`` of a registered model (a real one with random weights)."""
-    from restore_cli.config import load_registry, local_model
-    from restore_cli.hub import load_prior
-    from restore_cli.testing import REAL_MODELS
+    from restore_cli.models.config import load_registry, local_model
+    from restore_cli.models.hub import load_prior
+    from restore_cli.models.testing import REAL_MODELS
 
     reg = load_registry()
     spec = reg.get(model)
@@ -164,9 +164,9 @@ def apply_net_format(prior, fmt: str):
 def run_cell(prior, res: int, channels: int, method: str, batch: int, dsg_on: bool, steps: int, task: str,
              device: torch.device, dsg_share: bool) -> dict:
     """Time ``steps`` sampler steps of one cell; returns its record."""
-    from restore_cli.catalog import METHODS
+    from restore_cli.models.catalog import METHODS
     from restore_cli.profiling import measure
-    from restore_cli.registry import build_operator
+    from restore_cli.models.registry import build_operator
     from restore_cli.rng import make_generators
     from restore_cli.solvers import DiffStateGrad
 
@@ -245,9 +245,9 @@ def cell_key(r: dict) -> tuple:
 
 
 def main(argv=None) -> int:
-    from restore_cli.catalog import METHODS
-    from restore_cli.config import load_registry
-    from restore_cli.testing import REAL_MODELS
+    from restore_cli.models.catalog import METHODS
+    from restore_cli.models.config import load_registry
+    from restore_cli.models.testing import REAL_MODELS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from restore_cli.oracle import compare, oracle_task
+from restore_cli.bench.oracle import compare, oracle_task
 from restore_cli.rng import make_generators
 from restore_cli.solvers import DAPS, DPS, DiffStateGrad
 

@@ -41,7 +41,7 @@ def power_law(spectra, bins):
 
 
 def fashion_mnist():
-    from restore_cli.bench import load_fashion_mnist
+    from restore_cli.bench.suite import load_fashion_mnist
 
     x = load_fashion_mnist("train")[0][:, 0].double().numpy() * 2 - 1  # [-1, 1], padded with the background
     f = np.sqrt(np.fft.fftfreq(32)[:, None] ** 2 + np.fft.fftfreq(32)[None, :] ** 2)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from restore_cli.bench import load_fashion_mnist
-from restore_cli.config import load_registry
-from restore_cli.hub import load_prior
-from restore_cli.io import write_png
+from restore_cli.bench.suite import load_fashion_mnist
+from restore_cli.models.config import load_registry
+from restore_cli.models.hub import load_prior
+from restore_cli.images.write import write_png
 from restore_cli.rng import make_generators, randn
 from restore_cli.solvers.base import ancestral_step
 

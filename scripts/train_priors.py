@@ -38,7 +38,7 @@ CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shi
 
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as ``[N, 1, 32, 32]`` in ``[-1, 1]`` (the model space) and labels; ``split`` is 'train' or 't10k'."""
-    from restore_cli.bench import load_fashion_mnist
+    from restore_cli.bench.suite import load_fashion_mnist
 
     x, y = load_fashion_mnist({"t10k": "test"}.get(split, split))
     return x * 2 - 1, y
