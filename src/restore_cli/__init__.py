@@ -17,7 +17,7 @@ Conventions used everywhere in this package:
   (see :mod:`restore_cli.rng`), so a result never depends on its batch.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["restore", "Restored", "__version__"]
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.testing import CliRunner
 
-from restore_cli import cli
+from restore_cli.cli import console as cli
 from restore_cli.cli.app import app
 
 runner = CliRunner()

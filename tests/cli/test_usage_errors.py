@@ -248,7 +248,7 @@ def test_failed_images_say_words_and_metrics_keep_the_exception():
 
 def test_bench_tolerances_in_words():
     from restore_cli.bench.results import parse_tolerances
-    from restore_cli.cli.app import say_tolerances
+    from restore_cli.cli.bench import say_tolerances
 
     assert say_tolerances(parse_tolerances(["psnr=0.5", "lpips=0.02"])).startswith("psnr 0.5 dB, ")
     assert "{" not in say_tolerances(parse_tolerances([]))

@@ -16,7 +16,7 @@ import typer
 import typer.core
 from rich.markup import escape
 
-from .. import __version__
+from ..version import __version__
 from ..models.catalog import DEFAULT_NOISE_SIGMA, METHODS
 from .bench import bench_cmd
 from .console import (

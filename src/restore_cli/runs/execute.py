@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from .. import __version__, ops
+from .. import ops
+from ..version import __version__
 from ..errors import UsageError
 from ..images.read import ImageReadError, fit_to, read_image_info, unfit
 from ..images.write import write_json_atomic, write_npy, write_png

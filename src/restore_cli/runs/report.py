@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 
 SCHEMA_VERSION = 2  # 2: config.method.overrides, config.warnings, status "pending"
 METRIC_KEYS = ("psnr", "ssim", "lpips", "residual", "nfe", "n_backward", "seconds", "peak_memory_mb")
