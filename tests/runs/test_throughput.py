@@ -364,7 +364,7 @@ def test_half_precision_restoration_within_tolerance_on_cuda(dtype):  # pragma: 
 # -- the benchmark script -----------------------------------------------------------------------------
 
 def test_bench_throughput_prints_the_table(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_throughput.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "tools" / "bench_throughput.py"
     spec = importlib.util.spec_from_file_location("bench_throughput", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["bench_throughput"] = mod

@@ -3,7 +3,7 @@ Gaussian target, the whole sampler against the exact posterior of the latent ora
 schedule and defaults, and the CLI on the bundled latent model.
 
 The latent oracle (``oracle.compare(..., latent=True)``): the analytic Gaussian image prior seen through
-an orthogonal "autoencoder", 3x12x12 images, sigma_y = 0.01 (as ``tests/test_latent.py``).  Measured
+an orthogonal "autoencoder", 3x12x12 images, sigma_y = 0.01 (as ``tests/solvers/test_latent.py``).  Measured
 (``rel`` = ||mean - exact posterior mean|| / ||prior mean - exact posterior mean||, ``spread`` = RMS
 sample std / RMS exact posterior std; 16 samples, seeds fixed):
 
@@ -14,7 +14,7 @@ sample std / RMS exact posterior std; 16 samples, seeds fixed):
         rel 0.166 spread 0.96;  with DiffStateGrad rel 0.215 spread 1.13
     gaussian deblur, the code's defaults (35 HMC steps, momentum 0.95)     rel 0.29  spread 1.83
 
-Bounds: rel < 0.35 (the latent solvers' bound in ``tests/test_latent.py``) and 0.6 < spread < 1.5.  On
+Bounds: rel < 0.35 (the latent solvers' bound in ``tests/solvers/test_latent.py``) and 0.6 < spread < 1.5.  On
 deblurring the code's LDM defaults (momentum 0.95, lr_min_ratio 0.95: the velocity keeps most of its
 energy from step to step) over-disperse this tiny problem, and more HMC steps disperse it more (100
 steps: rel 0.58, spread 3.2): DAPS's ``p(z0 | z_t) ~ N(z0_hat, sigma_t^2)`` is wider than the posterior

@@ -16,7 +16,7 @@ The MMSE denoiser (Tweedie) is then exact and costs two FFTs:
 It is the test oracle of every solver (for a linear task the posterior is
 Gaussian and known in closed form) and a fast classical baseline (its
 posterior mean is the Wiener filter).  Default parameters were fitted to
-scikit-image's photographs by ``scripts/fit_gaussian_prior.py``.
+scikit-image's photographs by ``training/fit_gaussian_prior.py``.
 """
 
 from __future__ import annotations

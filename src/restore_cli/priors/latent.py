@@ -199,7 +199,7 @@ class LatentDiffusionPrior(Prior):
 
 class ClassPromptEncoder(torch.nn.Module):
     """Prompt embeddings of a class-conditioned model: a learned token sequence per class name
-    and a null sequence (the bundled Fashion-MNIST latent model; ``scripts/train_priors.py``).
+    and a null sequence (the bundled Fashion-MNIST latent model; ``training/train_priors.py``).
 
     A prompt selects the class whose name it contains as whole words (case-insensitive; a name
     with "/" has aliases, "t-shirt/top" answers to "t-shirt" and "top"; plurals count; the longest match wins:

@@ -18,7 +18,7 @@ operator is DAPS's, ``|FFT|`` of the ``[0, 1]`` image (``residual_scale`` 1),
 while the DPS code takes ``|FFT|`` of the ``[-1, 1]`` image, whose residuals are
 about twice as large (exactly twice but for the DC box of the offset); on a
 pixel prior DPS doubles that residual so that ``zeta = 1`` is the step the DPS
-code took (``tests/test_solvers.py`` checks the factor against the code's
+code took (``tests/solvers/test_solvers.py`` checks the factor against the code's
 operator).  The noise (``--noise-sigma``) stays in DAPS's ``[0, 1]`` units: the DPS
 code's 0.05 is about 0.025 there.  The code's gradient is taken w.r.t. the VP
 state; in our VE state ``x = x_vp / sqrt(alpha_bar)`` the same update reads

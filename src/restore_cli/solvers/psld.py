@@ -13,7 +13,7 @@ super-resolution and the identity for deblurring and inpainting -- not adjoints,
 produced PSLD's and DiffStateGrad-PSLD's tables.  It matters: on bicubic x4 super-resolution the
 exact adjoint of the row-normalised filter is nearly blind to the measurement (the glued image
 removes ~6 % of the measurement residual), the code's upsampling 80-93 %
-(``tests/test_latent.py``), so with the adjoint PSLD is effectively GML-DPS there.
+(``tests/solvers/test_latent.py``), so with the adjoint PSLD is effectively GML-DPS there.
 ``glue="adjoint"`` uses the exact adjoint ``A^T`` that the paper's equation writes.  (The code also
 adds fresh noise to ``A(x)`` inside the norm at every step, which we do not.)  Weights: the official
 scripts' per model and task (``omega`` 0.1 to 1, ``gamma`` 0.1; 0.01 for SD box inpainting).  ``A^T y`` and ``(I - A^T A) x`` are computed in

@@ -1,6 +1,6 @@
 """Sample grids and quality numbers of the bundled Fashion-MNIST models (docs/img/, docs/models.md).
 
-    python scripts/sample_priors.py [--n 64] [--steps 100]
+    python training/sample_priors.py [--n 64] [--steps 100]
 
 For each bundled model: ``n`` unconditional samples (DDPM ancestral sampling over ``steps``
 DDIM-spaced levels, with ``restore``'s own prior and step), the latent model also per class

@@ -9,9 +9,9 @@ DiffStateGrad: seconds per image and per sampler step, NFE, backward passes' wor
 process's peak memory (RSS on the CPU, the CUDA allocator's peak on a GPU).  Inner loops are capped
 (``TIER_CAPS``): the numbers are the cost of the sampler steps, not of a whole default run.
 
-    python scripts/bench_models.py                       # all models, inpainting (the table in docs/realsize.md)
-    python scripts/bench_models.py --models ffhq-256 --all-tasks
-    python scripts/bench_models.py --device cuda          # on a GPU
+    python benchmarks/tools/bench_models.py                       # all models, inpainting (the table in docs/realsize.md)
+    python benchmarks/tools/bench_models.py --models ffhq-256 --all-tasks
+    python benchmarks/tools/bench_models.py --device cuda          # on a GPU
 
 Results go to ``--results`` (JSON, one record per cell, resumable: cells already there are skipped).
 """
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def build(name: str, workdir: Path) -> Path:
@@ -114,7 +114,7 @@ each in a fresh process, on the CPU of the development machine (2 cores, shared 
 read the seconds as orders of magnitude). Inner loops are capped (`TIER_CAPS` in
 `restore_cli/testing.py`: ReSample's optimisers 3 iterations, DAPS 3 Langevin and 2 ODE steps,
 P2L 1 prompt step), so s/step is the cost of a sampler step, not of a default run. Peak memory is
-the process's peak RSS (weights included). Produced by `python scripts/bench_models.py --markdown
+the process's peak RSS (weights included). Produced by `python benchmarks/tools/bench_models.py --markdown
 docs/realsize.md` (results in `benchmarks/realsize.json`); CI runs the `ffhq-256` DPS and
 `ldm-ffhq-256` ReSample cells (`tests/test_realsize.py`), `pytest -m realsize` the rest.
 

@@ -6,7 +6,7 @@
 little above 1 are Monte-Carlo luck on one truth); it is averaged here over
 several truths drawn from the prior.  Also printed: the relative distance of
 the sample mean to the exact posterior mean and the spread ratio (see
-``restore_cli.bench.oracle``).  Run: ``.venv/bin/python scripts/bayes_efficiency.py [--truths 3] [--n 32]``.
+``restore_cli.bench.oracle``).  Run: ``.venv/bin/python benchmarks/tools/bayes_efficiency.py [--truths 3] [--n 32]``.
 """
 
 import argparse

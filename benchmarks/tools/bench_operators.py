@@ -14,7 +14,7 @@ same operator, interleaved (one call of each in turn, ``--repeats`` rounds) and 
 ``auto`` (the default) uses ``fft`` from ``restore_cli.ops.blur.FFT_MIN_TAPS`` kernel taps on.
 The markdown table goes to stdout.  ``--quick``: fewer rounds, sizes 256 only.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench_operators.py [--quick]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/tools/bench_operators.py [--quick]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ peak memory per image (CUDA allocator peak on a GPU; the process's peak RSS on t
 included).  The model is a tiny random VQ (or KL) latent diffusion model built from a config
 (``restore_cli.models.testing``), so the numbers measure the solvers' own work, not image quality.
 
-    .venv/bin/python scripts/bench_latent.py [--size 64] [--kind vq|kl] [--device cpu|cuda] [--full]
+    .venv/bin/python benchmarks/tools/bench_latent.py [--size 64] [--kind vq|kl] [--device cpu|cuda] [--full]
 
 Without ``--full`` the step counts are scaled down (100 sampling steps; ReSample's inner loops
 to 100 iterations) so the table takes a few minutes on 2 CPU cores; ``--full`` uses every

@@ -7,7 +7,7 @@ there are two or more).  Models are the registered ones: the bundled ``fmnist-dd
 ``fmnist-ldm-32`` load as they are; the real models of ``restore_cli.models.testing.REAL_MODELS``
 (``ffhq-256``, ``imagenet-256``, ``ldm-ffhq-256``, ``ldm-celebahq-256``, ``ddpm-celebahq-256``,
 ``sd-v1-5``) are built from their exact architectures with random weights
-(``restore_cli.models.testing.save_random_model``, once, in ``--workdir``), as ``scripts/bench_models.py``
+(``restore_cli.models.testing.save_random_model``, once, in ``--workdir``), as ``benchmarks/tools/bench_models.py``
 does.  Inner loops are capped as in the real-size tier (``restore_cli.models.testing.TIER_CAPS``: DAPS 3
 Langevin and 2 ODE steps, ReSample 3 optimiser iterations, P2L 1 prompt step), and ReSample runs its
 hard data consistency at every step (``every=1``), so a "step" is one sampler step of each method's
@@ -18,8 +18,8 @@ denoiser evaluations per second: batch x denoiser calls / seconds), peak MB (CUD
 a GPU; the process's peak resident memory on the CPU, weights included), and with ``--dsg-share``
 the share of a step spent in DiffStateGrad (the state's SVD and the projections).
 
-    python scripts/bench_throughput.py                                   # the CPU subset of docs/throughput.md
-    python scripts/bench_throughput.py --device cuda --models ffhq-256 ldm-ffhq-256 sd-v1-5 \\
+    python benchmarks/tools/bench_throughput.py                                   # the CPU subset of docs/throughput.md
+    python benchmarks/tools/bench_throughput.py --device cuda --models ffhq-256 ldm-ffhq-256 sd-v1-5 \\
         --batch-sizes 1 4 8 16 --dtypes fp32 fp16 bf16 --low-memory both  # the full matrix, on a GPU
 
 Results are appended to ``--results`` (JSON lines, by default in ``--workdir``; cells already there are skipped unless

@@ -8,7 +8,7 @@ samples' spread relative to the exact posterior std, the rank each rule keeps on
 and the share of the measurement gradient's energy that survives the projection onto a prior sample's
 subspace (why a rule helps or costs).
 
-    python scripts/dsg_rank_rules.py [--size 32] [--truths 3] [--n 32] [--solvers dps,daps]
+    python benchmarks/tools/dsg_rank_rules.py [--size 32] [--truths 3] [--n 32] [--solvers dps,daps]
 """
 
 from __future__ import annotations
