@@ -68,3 +68,21 @@ def test_site_builds_strict(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "site" / "usage" / "index.html").exists()
+
+
+def test_readme_task_method_table_is_the_catalog():
+    """README's "Tasks and methods" table says what `restore methods` knows: a method or task added or
+    changed without the README fails here."""
+    from restore_cli.models.catalog import ALL_TASKS, METHODS
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Tasks and methods", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in section.splitlines() if r.startswith("| `")]
+    got = {}
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        got[cells[0].strip("`")] = (cells[1], tuple(t for t, c in zip(ALL_TASKS, cells[2:-1]) if c == "✓"),
+                                    cells[-1] == "✓")
+    want = {m.name: ("/".join(m.spaces), tuple(t for t in ALL_TASKS if t in m.tasks), m.gradient_guided)
+            for m in METHODS.values()}
+    assert got == want
