@@ -86,3 +86,14 @@ def test_readme_task_method_table_is_the_catalog():
     want = {m.name: ("/".join(m.spaces), tuple(t for t in ALL_TASKS if t in m.tasks), m.gradient_guided)
             for m in METHODS.values()}
     assert got == want
+
+
+def test_methods_page_shows_the_defaults():
+    """docs/methods.md lists every method with its hyperparameters' defaults as the solver classes hold them."""
+    from restore_cli.models.catalog import METHODS
+
+    text = (ROOT / "docs" / "methods.md").read_text()
+    for m in METHODS.values():
+        section = text.split(f"## `{m.name}`\n", 1)[1].split("\n## ", 1)[0]
+        rows = dict(re.findall(r"^\| `(\w+)`(?: \(\*steps\*\))? \| `(.+)` \|$", section, flags=re.M))
+        assert rows == {k: repr(v) for k, v in m.cls.defaults.items()}, m.name
