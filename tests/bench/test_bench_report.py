@@ -1,19 +1,14 @@
-"""scripts/bench_report.py: the bars it checks, on hand-made cells whose verdicts are known."""
-
-import importlib.util
-from pathlib import Path
+"""The Fashion-MNIST suite's bars and the merging of result shards (restore_cli.bench.report, drawn by
+`restore bench report`), on hand-made cells whose verdicts are known."""
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from restore_cli.bench import report as report_module
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "scripts" / "bench_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return report_module
 
 
 def cell(task, opts, method, dsg, guidance, psnrs, lpips=0.1, status="ok"):
@@ -98,13 +93,6 @@ def test_bar1_compares_lpips_with_the_posterior_mean(report):
     assert "dps + DSG: LPIPS 0.300 vs 0.200 -> **missed**" in text
 
 
-def test_missing_results_file_is_a_usage_error(report, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        report.main([str(tmp_path / "nope.json")])
-    assert e.value.code == 2
-    assert "no such results file" in capsys.readouterr().err
-
-
 def test_a_method_that_does_not_support_a_task_is_no_cell_to_wait_for(report):
     hdr = {}
     cs = grid("hdr", hdr, "dps", [20], [20], [18], [19])
@@ -121,13 +109,11 @@ def test_a_method_that_does_not_support_a_task_is_no_cell_to_wait_for(report):
 def test_shards_merge_to_the_finished_and_then_the_newer_cell(report):
     """Shards of one suite: ok over failed, a rerun (later ``finished``) over the earlier result, and a
     cell from before ``finished`` was recorded counts as the oldest."""
-    from types import SimpleNamespace
-
     def c(status, psnr, finished=None):
         x = cell("inpaint", {"mask": "box"}, "dps", False, 1.0, [psnr], status=status)
         return {**x, **({"finished": finished} if finished else {})}
 
-    suite = SimpleNamespace(cells=[SimpleNamespace(key=k) for k in "abc"])
+    suite = list("abc")  # the cells' keys in the suite's order
     old = {"started": "t", "cells": {"a": c("ok", 10), "b": c("ok", 11, "2026-12-01T00:00:00+00:00"),
                                      "c": c("failed", 0)}}
     new = {"started": "t", "cells": {"a": c("ok", 20, "2026-12-02T00:00:00"),  # no zone: UTC
@@ -141,8 +127,6 @@ def test_shards_merge_to_the_finished_and_then_the_newer_cell(report):
 def test_merge_prefers_a_cell_of_the_methods_current_revision(report):
     """A newer cell made by an earlier revision of its method loses to an older one made by the current
     revision; the table marks an outdated cell that is all there is."""
-    from types import SimpleNamespace
-
     from restore_cli.bench.results import current_revision
 
     rev = current_revision("resample", "inpaint")
@@ -152,7 +136,7 @@ def test_merge_prefers_a_cell_of_the_methods_current_revision(report):
         x = cell("inpaint", {"mask": "box"}, "resample", False, 1.0, [psnr])
         return {**x, "finished": finished, **({"method_revision": revision} if revision else {})}
 
-    suite = SimpleNamespace(cells=[SimpleNamespace(key="a")])
+    suite = ["a"]
     current = {"started": "t", "cells": {"a": c(20, "2026-12-01T00:00:00+00:00", rev)}}
     stale = {"started": "t", "cells": {"a": c(10, "2026-12-05T00:00:00+00:00")}}  # none recorded: 1
     for order in ([current, stale], [stale, current]):
@@ -161,3 +145,22 @@ def test_merge_prefers_a_cell_of_the_methods_current_revision(report):
     # the DPS phase-retrieval fix is on that task only
     assert current_revision("dps", "phase-retrieval") > current_revision("dps", "inpaint") == 1
     assert current_revision("dps", "phase-retrieval", "latent") == current_revision("latent-dps", "phase-retrieval") == 1
+
+
+def test_merge_keeps_the_suites_order_of_every_files_cells(report):
+    def c(psnr):
+        return cell("inpaint", {"mask": "box"}, "dps", False, 1.0, [psnr])
+
+    a = {"started": "2026-01-02", "finished": "2026-01-03", "cells": {"x": c(1), "z": c(3)}}
+    b = {"started": "2026-01-01", "finished": None, "cells": {"y": c(2), "z": c(4)}}
+    m = report.merge([a, b])
+    assert list(m["cells"]) == ["x", "z", "y"] and m["started"] == "2026-01-01" and m["finished"] is None
+    assert list(report.merge([a, b], ["x", "y", "z"])["cells"]) == ["x", "y", "z"]
+
+
+def test_the_bars_are_in_a_report_of_a_suite_that_has_their_cells(report):
+    box = {"mask": "box"}
+    d = data(cell("inpaint", box, "posterior-mean", False, 1.0, [15], lpips=0.2),
+             *grid("inpaint", box, "dps", [20], [20], [19], [19.5]))
+    assert report.has_bars(d)
+    assert not report.has_bars(data(*grid("inpaint", box, "dps", [20], [20], [19], [19.5])))

@@ -102,8 +102,10 @@ def check_cell(cell: Cell, models: _Models) -> str | None:
     return None
 
 
-def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callable | None = None) -> dict:
-    """Restore every image x seed of a cell; per-image metrics and the cell's summary."""
+def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callable | None = None,
+             keep: Callable | None = None) -> dict:
+    """Restore every image x seed of a cell; per-image metrics and the cell's summary.  ``keep``
+    (:func:`sample_writer`) saves a few of the first seed's restorations for the report's grids."""
     from ..models.catalog import METHODS
     from ..runs.batch import Solve, score, solve_batch
 
@@ -118,7 +120,7 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
     cb = None if on_step is None else (lambda s: on_step(s.step + 1, s.total))
     rule = suite.restart_rule if cell.restarts > 1 else "residual"
     per_metric = rule == "best-per-metric"  # solved by the residual rule, every run kept and scored
-    records, used_hp = [], None
+    records, used_hp, shown = [], None, []
     for seed in suite.seeds:
         for start in range(0, len(suite.images), suite.batch_size):
             ids = list(range(start, min(start + suite.batch_size, len(suite.images))))
@@ -134,13 +136,59 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
             if errors:
                 raise RuntimeError(f"metric failed: {errors[0]}")
             resid = sb.residuals()
+            if keep is not None and seed == suite.seeds[0]:  # a few restorations to look at
+                shown += keep(sb, x, [suite.images[i][0] for i in ids], seed)
             for k, i in enumerate(ids):
                 records.append({"image": suite.images[i][0], "seed": seed, "psnr": m["psnr"][k], "ssim": m["ssim"][k],
                                 "lpips": m["lpips"][k] if lp is not None else None,
                                 "residual": resid[k], "nfe": res.nfe, "n_backward": res.n_backward,
                                 "seconds": sb.usage.seconds / len(ids), "peak_memory_mb": sb.usage.peak_mb})
     out = {"hyperparameters": used_hp, "images": records, "summary": summarize_cell(records, suite.failure_psnr)}
+    if keep is not None:
+        out["samples"] = shown
     return {**out, "restart_rule": rule} if cell.restarts > 1 else out
+
+
+SAMPLES_PER_CELL = 3  # restorations each cell saves (its first seed's first images): the report's grids
+
+
+def sample_writer(output: Path, key: str, n: int = SAMPLES_PER_CELL) -> Callable:
+    """What :func:`run_cell` calls with each batch of the first seed to save its first ``n`` images
+    under ``output/samples/<key>/``: the measurement (as ``restore <task>`` shows it), the restoration
+    (a diverged one with its non-finite pixels black), the ground truth and, for an inpainting task
+    with a contiguous mask, its missing region (white).  Returns the records results.json keeps:
+    per image its name, seed and the files' paths relative to ``output``."""
+    from ..images.write import write_png
+    from ..runs.figures import missing_region
+
+    folder = Path("samples") / key
+    saved: list[str] = []
+
+    def keep(sb, x: torch.Tensor, names: list[str], seed: int) -> list[dict]:
+        (output / folder).mkdir(parents=True, exist_ok=True)
+        vis = sb.op.visualize(sb.y).float().cpu()
+        records = []
+        for k, name in enumerate(names):
+            if len(saved) >= n:
+                break
+            stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)) or f"image{len(saved)}"
+            restored = sb.result.images[k].float().cpu()
+            files = {"measurement": vis[k], "restored": torch.nan_to_num(restored, nan=0.0, posinf=1.0, neginf=0.0),
+                     "truth": x[k].float().cpu()}
+            region = missing_region(sb.op.select([k]))
+            if region is not None:
+                files["missing"] = region[None].float().cpu()
+            rec = {"image": name, "seed": seed,
+                   "diverged": not bool(torch.isfinite(restored).all())}
+            for what, img in files.items():
+                rel = folder / f"{stem}.{what}.png"
+                write_png(output / rel, img)
+                rec[what] = rel.as_posix()
+            saved.append(name)
+            records.append(rec)
+        return records
+
+    return keep
 
 
 def best_per_metric(runs: list[torch.Tensor], ref: torch.Tensor, lp=None) -> tuple[dict[str, list], list[str]]:
@@ -277,7 +325,8 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         emit("start", {"n": n, "total": len(suite.cells), "label": cell.label})
         t0 = time.time()
         try:
-            out = run_cell(cell, suite, models, lp, lambda i, tot: emit("step", {"step": i, "total": tot}))
+            out = run_cell(cell, suite, models, lp, lambda i, tot: emit("step", {"step": i, "total": tot}),
+                           keep=sample_writer(output, cell.key))
             data["cells"][cell.key] = {**entry, "status": "ok", **out, "wall_seconds": time.time() - t0,
                                        "finished": datetime.now(timezone.utc).isoformat(), "source": source_revision()}
             spec = models.spec(cell.model)

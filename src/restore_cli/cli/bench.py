@@ -1,4 +1,8 @@
-"""``restore bench SUITE``: run a suite, write results.json and results.md, and gate on a baseline."""
+"""``restore bench SUITE``: run a suite, write results.json, results.md and the report (report.md and
+figures/), and gate on a baseline; ``restore bench report RESULTS.json``: redraw the report from results.
+
+``restore bench`` is one command with a positional SUITE, so ``report`` is not a Click subcommand of it:
+the console script (``cli.app.main``) hands ``restore bench report ...`` to :data:`report_app`."""
 
 from __future__ import annotations
 
@@ -28,7 +32,11 @@ def bench_cmd(
     set_: Annotated[list[str], typer.Option("--set", help="KEY=VALUE on every cell whose method has KEY (repeatable; a quick check, as --steps).")] = [],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and regressions.")] = False,
 ):
-    """Benchmark: run a suite, write results.json and a Markdown table; optionally gate on a baseline.
+    """Benchmark: run a suite, write results.json, a Markdown table and a report with figures; optionally gate on a baseline.
+
+    Beside results.json: report.md and figures/ (restoration grids, step-size robustness, PSNR
+    distributions and failure rates, cost; with --baseline, what moved). Redraw them from an existing
+    results file without running anything: [bold]restore bench report RESULTS.json[/bold]
 
     A paper suite (benchmarks/papers/) also prints the paper's published numbers beside ours, with a verdict
     per cell and metric (within the paper's std, better or worse), and adds them to results.md.
@@ -101,9 +109,95 @@ def bench_cmd(
             code = 1
         elif not quiet:
             out.print(f"no regression against {baseline} (tolerances: {say_tolerances(tol)})", highlight=False)
+    _report_after_run(data, out_dir, base, baseline, tol, quiet)
     raise typer.Exit(code)
+
+
+def _report_after_run(data: dict, out_dir: Path, base: dict | None, baseline: Path | None, tol: dict,
+                      quiet: bool) -> None:
+    """report.md and figures/ beside results.json; a failure to draw is said, and changes no exit code."""
+    from ..bench.report import write_report
+
+    try:
+        rep = write_report(data, out_dir, base=out_dir, baseline=base, tol=tol,
+                           baseline_name=str(baseline) if baseline else "baseline",
+                           sources=[str(out_dir / "results.json")] + ([f"--baseline {baseline}"] if baseline else []))
+    except Exception as e:  # noqa: BLE001 - the results are written; the figures are a view of them
+        err.print(f"[yellow]report not drawn:[/yellow] {type(e).__name__}: {escape(str(e))}  (redraw it: "
+                  f"restore bench report {escape(str(out_dir / 'results.json'))})", highlight=False, soft_wrap=True)
+        return
+    if not quiet:
+        out.print(f"report: {rep.markdown} ({len(rep.figures)} figures in {rep.markdown.parent / 'figures'})",
+                  highlight=False)
+        line = rep.left_out_line()
+        if line:
+            out.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def say_tolerances(tol: dict[str, float]) -> str:
     """Tolerances as a person writes them: ``psnr 0.5 dB, ssim 0.02, lpips 0.02, failure rate 0.1``."""
     return ", ".join(f"{k.replace('_', ' ')} {v:g}{' dB' if k == 'psnr' else ''}" for k, v in tol.items())
+
+
+report_app = typer.Typer(add_completion=False, rich_markup_mode="rich")
+
+
+@report_app.command()
+def report_cmd(
+    results: Annotated[list[Path], typer.Argument(help="results.json of a `restore bench` run (several: shards of one suite, merged cell by cell).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the report (default: the first results file's folder).")] = None,
+    name: Annotated[str, typer.Option("--name", help="The page's name: NAME.md, figures under figures/NAME/ (default: report.md, figures/); merged shards go to NAME.json.")] = "report",
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A previous results.json: also draw what moved against it.")] = None,
+    tolerance: Annotated[list[str], typer.Option("--tolerance", help="As restore bench's: psnr=0.5, ssim=0.02, lpips=0.02, failure_rate=0.1.")] = [],
+    grids_from: Annotated[Optional[Path], typer.Option("--grids-from", help="Draw the restoration grids from another run's results.json (with saved images), e.g. a quick regression run.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+):
+    """Redraw a benchmark's report (report.md, figures/ with a CSV of each figure's numbers) from results.json; runs nothing.
+
+    Several results files (shards of one suite run side by side with --only) are merged cell by cell
+    (a finished cell over a failed one, the method's current revision over an outdated one, then the
+    newer) into NAME.json beside the report; a results file given is never rewritten.
+
+    Example: [bold]restore bench report bench/fmnist/results.json[/bold]; the committed page:
+    [bold]restore bench report docs/benchmarks.json -o docs --name benchmarks --grids-from bench/regression/results.json[/bold]
+    """
+    from ..bench.report import ReportError, load, merge, merged_path, write_report
+    from ..bench.results import parse_tolerances
+    from ..bench.suite import SuiteError
+
+    try:
+        tol = parse_tolerances(tolerance)
+        if not name or any(ch in name for ch in "/\\") or name.startswith("."):
+            raise ReportError(f"--name {name!r}: a plain file name without a folder")
+        datas = [load(p) for p in results]
+        base = None if baseline is None else load(baseline)
+        grids = None
+        if grids_from is not None:
+            g = load(grids_from)
+            grids = (g, grids_from.parent, f"{(g.get('suite') or {}).get('name', '?')} run {grids_from}")
+        out_dir = output or results[0].parent
+        merged = None
+        if len(datas) > 1:
+            merged = merged_path(out_dir, name)
+            if any(merged.resolve() == p.resolve() for p in results):
+                raise ReportError(f"{merged} is one of the results files: merge into another folder or --name")
+    except SuiteError as e:
+        raise typer.Exit(usage_error(str(e)))
+    data = datas[0] if len(datas) == 1 else merge(datas)
+    if merged is not None:
+        from ..images.write import write_json_atomic
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(merged, data)
+    sources = [str(p) for p in results] + ([f"-o {output}"] if output else []) \
+        + ([f"--name {name}"] if name != "report" else []) + ([f"--baseline {baseline}"] if baseline else []) \
+        + ([f"--grids-from {grids_from}"] if grids_from else [])
+    rep = write_report(data, out_dir, base=results[0].parent, name=name, baseline=base, tol=tol,
+                       baseline_name=str(baseline) if baseline else "baseline", grids=grids, sources=sources)
+    if not quiet:
+        out.print(f"report: {rep.markdown} ({len(rep.figures)} figures"
+                  + (f"; merged results: {merged}" if merged else "") + ")", highlight=False)
+    line = rep.left_out_line()
+    if line and not quiet:
+        out.print(escape(line), highlight=False, soft_wrap=True)
+    raise typer.Exit(0)
