@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 # (a module added to restore's requirements is listed here too, so that an existing .venv gets it)
-NEED="restore_cli torch diffusers matplotlib"; EXTRA=""
+NEED="restore_cli torch diffusers matplotlib torchmetrics"; EXTRA=""
 [ $MINIMAL = 1 ] || { NEED="$NEED pytest importlinter material"; EXTRA="[test]"; }
 # found, not imported (importing torch takes seconds)
 if ! $VPY -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in '$NEED'.split()))" 2>/dev/null; then
