@@ -9,14 +9,20 @@ reports as ``mean (std)`` over its test images, ours is judged:
 
 * ``within``: our mean lies within the paper's reported std of its mean (``|ours - paper| <= std``);
 * ``better`` / ``worse``: outside it, on the better side (higher PSNR/SSIM, lower LPIPS) or not;
-* ``n/a``: no number on one side.
+* ``n/a``: no number on one side (ours missing or NaN).
 
-A paper that prints no std gets ``better``/``worse``/``equal``.  This is a reading aid, not a
-statistical test: the paper's std is the spread over images, not the error of its mean.
+A paper that prints no std gets ``equal`` when the difference is smaller than the paper's printed
+precision (one unit of its last printed digit: LPIPS 0.0951 against a printed 0.095 is ``equal``,
+as a reader would judge it), else ``better``/``worse``.  The printed digits come from the text of
+``published.toml`` (a TOML reader drops trailing zeros: 0.290 would read as 0.29).  Each row cites
+the line of the table each metric comes from (a merged SSIM table its own line).  This is a reading
+aid, not a statistical test: the paper's std is the spread over images, not the error of its mean.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +33,35 @@ else:  # pragma: no cover
 
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 METRICS = ("lpips", "ssim", "psnr")
+VERDICTS = ("within", "equal", "better", "worse", "n/a", "not run")  # the summary's order
+_ROWS_HEADER = re.compile(r"^\[\[tables\.([^\].]+)\.rows\]\]")
+_NUMBERS = re.compile(r"^(\w+)\s*=\s*\[\s*(-?[0-9][0-9.]*)\s*(?:,[^\]]*)?\]")
+
+
+def printed_digits(text: str) -> dict[tuple[str, int], dict[str, int]]:
+    """``(table id, row index) -> {metric: decimals printed in its mean}``, read from a published-numbers
+    file's text (``0.290``: 3), which keeps the papers' printed digits that a TOML reader drops."""
+    out: dict[tuple[str, int], dict[str, int]] = {}
+    counts: dict[str, int] = {}
+    row = None
+    for line in text.splitlines():
+        line = line.strip()
+        m = _ROWS_HEADER.match(line)
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), -1) + 1
+            row = (m.group(1), counts[m.group(1)])
+            out[row] = {}
+        elif line.startswith("["):
+            row = None
+        elif row is not None and (m := _NUMBERS.match(line)):
+            out[row][m.group(1)] = len(m.group(2).partition(".")[2])
+    return out
+
+
+def _decimals(value) -> int | None:
+    """The decimals of a number as Python writes it (a row without printed digits: hand-made tables)."""
+    text = repr(float(value))
+    return None if "e" in text or "n" in text else len(text.partition(".")[2].rstrip("0") or "")
 
 
 def task_key(task: str, task_opts: dict) -> str:
@@ -57,6 +92,7 @@ def load_table(published: Path, table) -> dict:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"{published}: cannot read published numbers ({e})") from None
     tables = data.get("tables") or {}
+    digits = printed_digits(published.read_text())
     ids = [table] if isinstance(table, str) else list(table)
     merged: dict | None = None
     for tid in ids:
@@ -64,19 +100,25 @@ def load_table(published: Path, table) -> dict:
             raise ValueError(f"{published}: no table {tid!r} (it has {', '.join(sorted(tables)) or 'none'})")
         t = dict(tables[tid])
         rows = [dict(r) for r in t.get("rows", [])]
-        for r in rows:
+        for i, r in enumerate(rows):
             if "method" not in r or "task" not in r:
                 raise ValueError(f"{published}: a row of {tid!r} lacks method or task")
+            numbers = [k for k, v in r.items() if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)]
+            r["digits"] = {k: d for k, d in digits.get((tid, i), {}).items() if k in numbers}
+            r["sources"] = {k: f"{t.get('table', '')}, line {r.get('source_line', '?')}" for k in numbers}
         if merged is None:
             merged = {**t, "rows": rows, "ids": ids}
             continue
         merged["table"] = f"{merged.get('table', '')} + {t.get('table', '')}"
-        for r in rows:  # the same cell in the other table adds its metrics
+        for r in rows:  # the same cell in the other table adds its metrics, each citing its own table and line
             same = find_row(merged, r["method"], r["task"], r.get("step_scale"))
             if same is None:
                 merged["rows"].append(r)
             else:
-                same.update({k: v for k, v in r.items() if k not in same})
+                new = [k for k in r if k not in same]
+                same.update({k: r[k] for k in new})
+                same["digits"].update({k: d for k, d in r["digits"].items() if k in new})
+                same["sources"].update({k: src for k, src in r["sources"].items() if k in new})
     return merged
 
 
@@ -100,20 +142,24 @@ def find_row(table: dict, method: str, task: str, step_scale=None) -> dict | Non
     return None
 
 
-def verdict(metric: str, ours: float | None, published) -> str:
-    """``within`` / ``better`` / ``worse`` (``equal`` when the paper gives no std and the means agree), ``n/a``."""
+def verdict(metric: str, ours: float | None, published, digits: int | None = None) -> str:
+    """``within`` / ``better`` / ``worse``; ``equal`` when the paper gives no std and the difference is smaller
+    than its printed precision (``digits`` decimals printed; unknown: as Python writes the number); ``n/a``
+    when a number is missing or NaN."""
     if ours is None or published is None or metric not in HIGHER_IS_BETTER:
         return "n/a"
     vals = list(published) if isinstance(published, (list, tuple)) else [published]
-    if not vals:
+    if not vals or not math.isfinite(float(ours)) or not math.isfinite(float(vals[0])):
         return "n/a"
     mean = float(vals[0])
     std = float(vals[1]) if len(vals) > 1 else None
     diff = float(ours) - mean
     if std is not None and abs(diff) <= std:
         return "within"
-    if std is None and diff == 0:
-        return "equal"
+    if std is None:
+        d = digits if digits is not None else _decimals(mean)
+        if diff == 0 or (d is not None and abs(diff) < 10.0 ** -d * (1 - 1e-9)):
+            return "equal"
     better = diff > 0 if HIGHER_IS_BETTER[metric] else diff < 0
     return "better" if better else "worse"
 
@@ -138,9 +184,10 @@ def comparison(cells: list, results: dict, table: dict) -> list[dict]:
             rows.append({"cell": cell.label, "key": cell.key, "metric": metric,
                          "ours": mean, "ours_std": ours.get("std") if isinstance(ours, dict) else None,
                          "paper": list(pub[metric]) if isinstance(pub[metric], (list, tuple)) else [pub[metric]],
-                         "verdict": verdict(metric, mean, pub[metric])
+                         "verdict": verdict(metric, mean, pub[metric], (pub.get("digits") or {}).get(metric))
                          if entry and entry.get("status") == "ok" else "not run",
-                         "source": f"{table.get('table', '')}, line {pub.get('source_line', '?')}"})
+                         "source": (pub.get("sources") or {}).get(metric)
+                         or f"{table.get('table', '')}, line {pub.get('source_line', '?')}"})
     return rows
 
 
@@ -160,6 +207,7 @@ def markdown(rows: list[dict], table: dict, n_images: int | None = None) -> str:
         paper = fmt(r["paper"][0]) + (f" ({fmt(r['paper'][1])})" if len(r["paper"]) > 1 else "")
         ours = fmt(r["ours"]) + (f" ({fmt(r['ours_std'])})" if r["ours_std"] is not None else "")
         head.append(f"| {r['cell']} | {r['metric']} | {ours} | {paper} | {r['verdict']} |")
-    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("within", "better", "worse", "not run")}
-    head += ["", ", ".join(f"{n} {v}" for v, n in counts.items() if n), ""]
+    order = list(VERDICTS) + sorted({r["verdict"] for r in rows} - set(VERDICTS))
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in order}  # every verdict: they add up to the rows
+    head += ["", ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no rows", ""]
     return "\n".join(head)

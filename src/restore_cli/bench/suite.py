@@ -19,6 +19,8 @@ A suite is a TOML file::
 
     [[grid]]                    # the cartesian product of its lists; repeat [[grid]] freely
     tasks = [{ task = "inpaint", mask = "box" }, { task = "deblur", kernel = "gaussian" }]
+                                # a task's keys are `restore <task>`'s options (kernel_sigma = --kernel-sigma:
+                                # models/catalog.py TASK_OPTIONS), checked as there
     methods = ["dps", "pigdm"]
     models = ["fmnist-ddpm-32"]
     diffstategrad = [false, true]
@@ -48,6 +50,7 @@ from pathlib import Path
 import torch
 
 from ..images.files import list_images
+from ..models.catalog import TASK_OPTIONS
 from ..images.read import read_image
 from ..solvers.projection import DiffStateGrad
 
@@ -57,8 +60,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-TASK_KEYS = {"task", "mask", "kernel", "kernel_size", "border", "scale", "filter", "oversample", "hdr_scale",
-             "box_placement", "missing", "coverage", "kernel_sigma", "motion_intensity"}
+# a task's keys: "task" and its operator's options, from the table `restore <task>`'s options come from
+# (models/catalog.py, TASK_OPTIONS), so that the two cannot drift
+TASK_KEYS = {"task"} | {o.name for o in TASK_OPTIONS}
 DSG_KEYS = ("var_cutoff", "period", "rank_mode")  # DiffStateGrad's options, as `restore <task>` has them
 
 
@@ -213,7 +217,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
     strings set on every cell whose method has ``KEY`` (over the suite's own; a key no method of the
     suite has is an error), e.g. capping ReSample's inner iterations for a quick check."""
     from ..errors import UsageError
-    from ..models.catalog import METHODS, TASKS
+    from ..models.catalog import METHODS, TASKS, check_task_options
     from ..models.config import ConfigError, load_registry
     from ..models.registry import parse_set
 
@@ -273,13 +277,13 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             bad = sorted(set(t) - TASK_KEYS)
             if bad:
                 raise SuiteError(f"task {t['task']}: unknown option(s) {', '.join(bad)}")
-            cov = t.get("coverage")
-            if cov is not None and (t["task"], t.get("mask")) != ("inpaint", "freeform"):
-                raise SuiteError(f"task {t['task']}: coverage is the free-form mask's (inpaint, mask = \"freeform\")")
-            if cov is not None and not (isinstance(cov, list) and len(cov) == 2
-                                        and all(isinstance(v, (int, float)) for v in cov) and 0 < cov[0] <= cov[1] < 1):
-                raise SuiteError(f"task {t['task']}: coverage must be [lo, hi] with 0 < lo <= hi < 1 "
-                                 "(the free-form mask's share of missing pixels)")
+            opts = {k: v for k, v in t.items() if k != "task"}
+            try:  # types, ranges, and each key applies to the task and its kernel or mask, as on the command line
+                check_task_options(t["task"], opts, suite=True)
+            except UsageError as e:
+                raise SuiteError(str(e)) from None
+            if isinstance(opts.get("kernel_model"), str):  # a suite's own blur network: relative to the suite
+                t["kernel_model"] = str((path.parent / opts["kernel_model"]).resolve())
             tasks.append(t)
         for m in _as_list(g["methods"]):
             if m not in METHODS:
@@ -318,7 +322,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
             except UsageError as e:
                 raise SuiteError(f"grid {gi + 1}: {e}") from None
             task_opts = {k: v for k, v in t.items() if k != "task"}
-            if task_opts.get("kernel") == "nonlinear" and kernel_model is not None:
+            if task_opts.get("kernel") == "nonlinear" and kernel_model is not None:  # over the suite's own
                 task_opts["kernel_model"] = str(Path(kernel_model).resolve())
             n_steps = steps if steps is not None else int(g["steps"]) if "steps" in g else None
             cells.append(Cell(t["task"], task_opts, m, model, bool(dsg), hp, float(guide),

@@ -17,8 +17,9 @@ import typer.core
 from rich.markup import escape
 
 from ..version import __version__
-from ..models.catalog import DEFAULT_NOISE_SIGMA, METHODS
+from ..models.catalog import DEFAULT_NOISE_SIGMA, METHODS, NOISE_UNIT_NAMES, task_options
 from .bench import bench_cmd
+from .bench import report_app as bench_report_app
 from .console import (
     RunProgress,
     err,
@@ -106,8 +107,12 @@ COMMON = [
     P("seed", P.KEYWORD_ONLY, default=0, annotation=Annotated[int, typer.Option("--seed", help="Random seed.",
                                                                               rich_help_panel="Method")]),
     P("noise_sigma", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[float], typer.Option(
-        "--noise-sigma", show_default=False, help=escape(f"Noise std on [-1, 1] images (default {DEFAULT_NOISE_SIGMA:g}; "
-        "0 for jpeg and --then jpeg:Q, noiseless as PiGDM's)."))]),
+        "--noise-sigma", show_default=False, help=escape(
+            f"Noise std on [-1, 1] images, as the papers' codes add it (phase retrieval: [0, 1]); PLoRG's text "
+            f"(000:252) says 0.01 on [0, 1]. Default {DEFAULT_NOISE_SIGMA:g}; 0 for jpeg and --then jpeg:Q."))]),
+    P("noise_unit", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
+        "--noise-unit", show_default=False, help=escape(
+            f"{' or '.join(NOISE_UNIT_NAMES)}: --noise-sigma on [-1, 1] or [0, 1] images (default: the papers')."))]),
     P("batch_size", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
         "--batch-size", help="Images solved together.", rich_help_panel="Device")]),
     P("samples", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
@@ -132,18 +137,37 @@ COMMON = [
 COMMON_NAMES = [p.name for p in COMMON]
 
 
+# the task options' Typer parameters come from one table (models/catalog.py, TASK_OPTIONS), as a suite's task keys
+# do: each defaults to None (not given), so that a run records only the options given over TASK_DEFAULTS
+_TYPES = {"str": str, "int": int, "float": float, "path": Path, "pair": str}
+
+
+def task_option_params(task: str) -> list[inspect.Parameter]:
+    """The Typer parameters of ``task``'s operator options (catalog.TASK_OPTIONS)."""
+    params = []
+    for o in task_options(task):
+        extra = {"metavar": o.metavar} if o.metavar else {}
+        params.append(P(o.name, P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[_TYPES[o.type]], typer.Option(
+            o.flag, help=escape(o.cli_help()), show_default=False, **extra)]))
+    return params
+
+
 def task_command(name: str, example: str):
-    """Register a task: its function takes the task options and returns them as a dict."""
+    """Register a task: its operator's options come from the table (:func:`task_option_params`); the function
+    takes the task's other options (none, or phase retrieval's restarts) and returns them as a dict."""
 
     def deco(fn: Callable[..., dict]):
         task_params = list(inspect.signature(fn, eval_str=True).parameters.values())
+        option_params = task_option_params(name)
 
         def cmd(**kwargs):
             common = {k: kwargs.pop(k) for k in COMMON_NAMES}
-            task_opts = fn(**kwargs)
+            given = {p.name: kwargs.pop(p.name) for p in option_params}
+            task_opts = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
+            task_opts.update(fn(**kwargs))
             raise typer.Exit(_run(name, common, task_opts))
 
-        cmd.__signature__ = inspect.Signature(COMMON + [p.replace(kind=P.KEYWORD_ONLY) for p in task_params])
+        cmd.__signature__ = inspect.Signature(COMMON + option_params + [p.replace(kind=P.KEYWORD_ONLY) for p in task_params])
         cmd.__doc__ = f"{inspect.getdoc(fn)}\n\nExample: [bold]{example}[/bold]"
         app.command(name)(cmd)
         return fn
@@ -151,66 +175,41 @@ def task_command(name: str, example: str):
     return deco
 
 
-THEN = Annotated[Optional[str], typer.Option(
-    "--then", help="Then JPEG-compress: jpeg:Q (e.g. jpeg:10).")]
-
-
-def _then(opts: dict, then: str | None) -> dict:
-    """The task options with ``then`` only when given (so runs without it record what they always did)."""
-    return opts if then is None else {**opts, "then": then}
-
-
 @task_command("inpaint", "restore inpaint --method daps --diffstategrad --mask freeform photo.png")
-def inpaint(mask: Annotated[str, typer.Option("--mask", help="box, random, freeform, or PATH (white = missing).")] = "box",
-            then: THEN = None):
+def inpaint():
     """Fill in missing pixels."""
-    return _then({"mask": mask}, then)
+    return {}
 
 
 @task_command("deblur", "restore deblur --kernel motion --method dps photos/")
-def deblur(kernel: Annotated[str, typer.Option("--kernel", help="gaussian, motion, uniform, nonlinear, or PATH "
-                                                "(.npy or image).")] = "gaussian",
-           kernel_size: Annotated[int, typer.Option("--kernel-size", help="Kernel side (gaussian, motion).")] = 61,
-           border: Annotated[str, typer.Option("--border", help="reflect, circular or zeros.")] = "reflect",
-           kernel_model: Annotated[Optional[Path], typer.Option("--kernel-model", help="BKSE's GOPRO_wVAE.pth "
-                                                              "(--kernel nonlinear).")] = None,
-           then: THEN = None):
+def deblur():
     """Remove blur."""
-    opts = {"kernel": kernel, "kernel_size": kernel_size, "border": border}
-    if kernel_model is not None:
-        opts["kernel_model"] = str(kernel_model)
-    return _then(opts, then)
+    return {}
 
 
 @task_command("superres", "restore superres --scale 4 --filter bicubic face.png")
-def superres(scale: Annotated[int, typer.Option("--scale", help="Integer factor.")] = 4,
-             filter: Annotated[str, typer.Option("--filter", help="bicubic or avgpool.")] = "bicubic",  # noqa: A002
-             then: THEN = None):
+def superres():
     """Increase resolution by an integer factor."""
-    return _then({"scale": scale, "filter": filter}, then)
+    return {}
 
 
 @task_command("phase-retrieval", "restore phase-retrieval --method daps --diffstategrad --restarts 4 face.png")
 def phase_retrieval(restarts: Annotated[Optional[int], typer.Option("--restarts", help="Runs per image (default: 4).")] = None,
-                    restart_rule: Annotated[str, typer.Option("--restart-rule", help="Best run: residual or oracle (README).")] = "residual",
-                    oversample: Annotated[float, typer.Option("--oversample", help="Oversampling of the Fourier transform.")] = 2.0):
+                    restart_rule: Annotated[str, typer.Option("--restart-rule", help="Best run: residual or oracle (README).")] = "residual"):
     """Recover an image from the magnitude of its Fourier transform."""
-    return {"oversample": oversample, "_restarts": restarts, "_restart_rule": restart_rule}
+    return {"_restarts": restarts, "_restart_rule": restart_rule}
 
 
 @task_command("hdr", "restore hdr --method pigdm photo.png")
-def hdr(hdr_scale: Annotated[float, typer.Option("--hdr-scale", help="Scale before clipping.")] = 2.0,
-        then: THEN = None):
+def hdr():
     """Undo the clipping of an over-exposed image (scale, then clip)."""
-    return _then({"hdr_scale": hdr_scale}, then)
+    return {}
 
 
 @task_command("jpeg", "restore jpeg --quality 10 --method pigdm --noise-sigma 0 photo.png")
-def jpeg(quality: Annotated[Optional[int], typer.Option("--quality", help="Quality 2-100 (default: 10; "
-                                                        "--measured: the file's).")] = None,
-         rounding: Annotated[str, typer.Option("--rounding", help="ste or cubic (README).")] = "ste"):
+def jpeg():
     """Undo JPEG compression (a differentiable JPEG as the forward model); --measured: restore real .jpg files."""
-    return {**({} if quality is None else {"quality": quality}), "rounding": rounding}
+    return {}
 
 
 def _run(task: str, common: dict, task_opts: dict) -> int:
@@ -304,8 +303,12 @@ def main():
         from click import exceptions as click_errors
         from click.exceptions import Abort
 
+    argv = sys.argv[1:]
     try:
-        code = app(standalone_mode=False)
+        if argv[:2] == ["bench", "report"]:  # beside `restore bench SUITE`: a command of its own (cli/bench.py)
+            code = bench_report_app(args=argv[2:], prog_name="restore bench report", standalone_mode=False)
+        else:
+            code = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:
         e.ctx.get_help()  # Typer prints the (Rich) help itself
         code = e.exit_code

@@ -15,7 +15,7 @@ import torch
 from .. import ops
 from ..errors import UsageError
 from ..rng import Generators
-from .catalog import TASK_DEFAULTS, MethodInfo, noise_unit, parse_then
+from .catalog import TASK_DEFAULTS, MethodInfo, noise_unit, parse_then, task_default
 
 
 def parse_set(items: list[str], info: MethodInfo) -> dict[str, Any]:
@@ -63,6 +63,10 @@ def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Gen
     ``opts["subsampling"]`` from a real file replace ``quality`` (measured mode)."""
     sigma_y = noise_sigma / noise_unit(task)[0]
     opts = {**TASK_DEFAULTS.get(task, {}), **opts}
+
+    def get(key: str):  # a task option, or its default (catalog.TASK_OPTIONS: the CLI's and the suites')
+        return opts[key] if opts.get(key) is not None else task_default(task, key)
+
     if opts.get("then") is not None:
         _, quality = parse_then(opts["then"])
         first = build_operator(task, {k: v for k, v in opts.items() if k != "then"}, shape, gens, 0.0)
@@ -70,43 +74,43 @@ def build_operator(task: str, opts: dict, shape: tuple[int, int, int], gens: Gen
         return ops.Composed(first, ops.JPEG(mid, quality, sigma_y=0.0), sigma_y)
     c, h, w = shape
     if task == "inpaint":
-        mask = opts.get("mask", "box")
+        mask = get("mask")
         if mask == "box":
-            m = ops.box_mask(h, w, gens, placement=opts.get("box_placement", "random"))
+            m = ops.box_mask(h, w, gens, placement=get("box_placement"))
         elif mask == "random":
-            m = ops.random_mask(h, w, gens, missing=opts.get("missing", 0.7))
+            m = ops.random_mask(h, w, gens, missing=float(get("missing")))
         elif mask == "freeform":
-            m = ops.freeform_mask(h, w, gens, coverage=tuple(opts.get("coverage", (0.2, 0.3))))
+            m = ops.freeform_mask(h, w, gens, coverage=tuple(get("coverage")))
         else:
             m = ops.mask_from_file(Path(mask), h, w).expand(len(gens), -1, -1, -1)
             mask = "file"
         return ops.Inpainting(m, c, sigma_y, kind=mask)
     if task == "deblur":
-        kernel = opts.get("kernel", "gaussian")
+        kernel = get("kernel")
         if kernel == "nonlinear":  # BKSE's network (DPS Table 4), --kernel-model GOPRO_wVAE.pth
             if not opts.get("kernel_model"):
                 raise UsageError("--kernel nonlinear needs --kernel-model PATH (BKSE's GOPRO_wVAE.pth)")
             return ops.load_nonlinear_blur(Path(opts["kernel_model"]), shape, gens, sigma_y)
-        size = int(opts.get("kernel_size", 61))
+        size = int(get("kernel_size"))
         if kernel == "gaussian":
-            k = ops.gaussian_kernel(size, float(opts.get("kernel_sigma", 3.0)))
+            k = ops.gaussian_kernel(size, float(get("kernel_sigma")))
         elif kernel == "motion":
-            k = ops.motion_kernel(gens, size, float(opts.get("motion_intensity", 0.5)))
+            k = ops.motion_kernel(gens, size, float(get("motion_intensity")))
         elif kernel == "uniform":
-            k = ops.uniform_kernel(int(opts.get("kernel_size_uniform", 9)))
+            k = ops.uniform_kernel(9)  # DDRM's and PiGDM's 9x9 box (--kernel-size is the gaussian and motion kernels')
         else:
             k, kernel = ops.kernel_from_file(Path(kernel)), "file"
-        return ops.Blur(k, shape, sigma_y, border=opts.get("border", "reflect"), kind=kernel)
+        return ops.Blur(k, shape, sigma_y, border=get("border"), kind=kernel)
     if task == "superres":
-        return ops.SuperResolution(shape, int(opts.get("scale", 4)), opts.get("filter", "bicubic"), sigma_y)
+        return ops.SuperResolution(shape, int(get("scale")), get("filter"), sigma_y)
     if task == "phase-retrieval":
-        return ops.PhaseRetrieval(shape, float(opts.get("oversample", 2.0)), sigma_y)
+        return ops.PhaseRetrieval(shape, float(get("oversample")), sigma_y)
     if task == "hdr":
-        return ops.HDR(shape, float(opts.get("hdr_scale", 2.0)), sigma_y)
+        return ops.HDR(shape, float(get("hdr_scale")), sigma_y)
     if task == "jpeg":
         tables = opts.get("tables")
-        return ops.JPEG(shape, int(opts.get("quality", 10)), None if tables is None else torch.as_tensor(tables),
-                        opts.get("subsampling") or "4:2:0", opts.get("rounding", "ste"), sigma_y=sigma_y)
+        return ops.JPEG(shape, int(get("quality")), None if tables is None else torch.as_tensor(tables),
+                        opts.get("subsampling") or "4:2:0", get("rounding"), sigma_y=sigma_y)
     raise UsageError(f"unknown task {task!r}")
 
 

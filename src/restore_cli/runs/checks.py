@@ -22,15 +22,18 @@ from typing import Any
 from ..errors import UsageError
 from ..images.files import FITS, IMAGE_SUFFIXES, list_images, max_pixels_limit
 from ..models.catalog import (
-    JPEG_QUALITY_RANGE,
     METHODS,
+    NOISE_UNIT_NAMES,
     TASK_DEFAULTS,
+    TASK_OPTION,
     TASKS,
     THEN_TASKS,
     MethodInfo,
     check_method,
     check_method_options,
+    check_task_options,
     default_noise_sigma,
+    noise_in_papers_units,
     parse_then,
     resolve_prompt,
 )
@@ -41,8 +44,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
 LPIPS_NETS = ("alex", "vgg")
 RESTART_RULES = ("residual", "oracle")
-KINDS_OF = {"mask": ("box", "random", "freeform"), "kernel": ("gaussian", "motion", "uniform", "nonlinear")}
-CHOICES = {"border": ("reflect", "circular", "zeros"), "filter": ("bicubic", "avgpool"), "rounding": ("ste", "cubic")}
+KINDS_OF = {k: TASK_OPTION[k].choices for k in ("mask", "kernel")}  # (the task options: models/catalog.py)
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 # the files a run writes per input, besides metrics.json (see run.py)
 OUTPUT_SUFFIXES = (".png", ".measurement.png", ".compare.png")
@@ -75,6 +77,10 @@ class RunConfig:
     steps: int | None = None
     seed: int = 0
     noise_sigma: float | None = None  # None: the task's default (catalog.default_noise_sigma), set by check
+    # --noise-unit: None, the papers' units; "pm1" or "01": noise_sigma is a std on [-1, 1] or [0, 1] images,
+    # which check turns into the papers' units (noise_given keeps the value and unit as given)
+    noise_unit: str | None = None
+    noise_given: tuple | None = None
     batch_size: int = 1
     sets: list[str] = field(default_factory=list)
     task_opts: dict[str, Any] = field(default_factory=dict)
@@ -137,7 +143,8 @@ def check_options(cfg: RunConfig) -> None:
     _number("--batch-size", cfg.batch_size, 1, integer=True)
     _number("--restarts", cfg.restarts, 1, integer=True)
     _number("--samples", cfg.samples, 1, MAX_SAMPLES, integer=True)
-    _number("--noise-sigma", cfg.noise_sigma, 0, MAX_NOISE_SIGMA)
+    _number("--noise-sigma", cfg.noise_sigma, 0, MAX_NOISE_SIGMA if cfg.noise_given is not None or cfg.noise_unit is None
+            else MAX_NOISE_SIGMA / 2 if cfg.noise_unit == "01" else MAX_NOISE_SIGMA)
     _number("--var-cutoff", cfg.var_cutoff, 0, 1, lo_open=True)
     _number("--period", cfg.period, 1, integer=True)
     _number("--seed", cfg.seed, 0, 2 ** 63 - 1, integer=True)
@@ -150,11 +157,7 @@ def check_options(cfg: RunConfig) -> None:
     if dev not in DEVICES or (":" in cfg.device and (dev != "cuda" or not cfg.device.split(":", 1)[1].isdigit())):
         raise UsageError(f"unknown device {cfg.device!r}; use auto, cpu, cuda, cuda:N or mps")
     o = cfg.task_opts
-    _number("--scale", o.get("scale"), 1, 64, integer=True)
-    _number("--kernel-size", o.get("kernel_size"), 1, 1025, integer=True)
-    _number("--hdr-scale", o.get("hdr_scale"), 0, 1000, lo_open=True)
-    _number("--oversample", o.get("oversample"), 0, 16, lo_open=True)
-    _number("--quality", o.get("quality"), *JPEG_QUALITY_RANGE, integer=True)
+    check_task_options(cfg.task, o)  # names, types, ranges, and each applies to the kernel or mask chosen
     if o.get("then") is not None:
         o["then"] = "jpeg:%d" % parse_then(o["then"])[1]  # recorded as parsed: JPEG:010 is jpeg:10
         if cfg.task not in THEN_TASKS:
@@ -162,9 +165,6 @@ def check_options(cfg: RunConfig) -> None:
         if cfg.measured:
             raise UsageError("--then with --measured is not supported yet: restore the measurement as `restore jpeg "
                              "--measured` or give clean reference images")
-    for key, allowed in CHOICES.items():
-        if key in o:
-            _choice(f"--{key}", o[key], allowed)
     for key, kinds in KINDS_OF.items():
         v = o.get(key)
         if v is not None and v not in kinds and not Path(v).exists():
@@ -531,6 +531,15 @@ def check(cfg: RunConfig) -> Checked:
         cfg.method = default_method(cfg)
     if cfg.method not in METHODS:
         raise UsageError(f"unknown method {cfg.method!r}; available: {', '.join(METHODS)}")
+    if cfg.noise_unit is not None and cfg.noise_given is None:
+        _choice("--noise-unit", cfg.noise_unit, NOISE_UNIT_NAMES)
+        _number("--noise-sigma", cfg.noise_sigma, 0, MAX_NOISE_SIGMA / 2 if cfg.noise_unit == "01" else MAX_NOISE_SIGMA)
+        given = cfg.noise_sigma
+        if given is None:  # the default (papers' units), said in the unit asked for
+            given = noise_in_papers_units(cfg.task, default_noise_sigma(cfg.task, cfg.task_opts), cfg.noise_unit,
+                                          inverse=True)
+        cfg.noise_sigma = noise_in_papers_units(cfg.task, given, cfg.noise_unit)  # once (check runs twice)
+        cfg.noise_given = (given, cfg.noise_unit)
     if cfg.noise_sigma is None:
         cfg.noise_sigma = default_noise_sigma(cfg.task, cfg.task_opts)
     check_options(cfg)

@@ -135,7 +135,10 @@ def _execute(plan: Plan, out: Path, emit: Events, tqdm_class) -> Report:
                                           for k, v in {**TASK_DEFAULTS[cfg.task], **cfg.task_opts}.items()
                                           if not (cfg.measured and cfg.task == "jpeg" and k == "quality")},
                          "noise_sigma": cfg.noise_sigma, "noise_unit": noise_unit(cfg.task)[1],
-                         "sigma_y_01": cfg.noise_sigma / noise_unit(cfg.task)[0]},
+                         "sigma_y_01": cfg.noise_sigma / noise_unit(cfg.task)[0],
+                         # --noise-unit: the value as given, beside the papers' units and [0, 1]'s above
+                         **({} if cfg.noise_given is None else
+                            {"noise_as_given": {"noise_sigma": cfg.noise_given[0], "noise_unit": cfg.noise_given[1]}})},
             "method": {"name": plan.method.name, "revision": plan.method.cls.method_revision(cfg.task, plan.model.kind),
                        "overrides": plan.overrides, "hyperparameters": None,
                        "diffstategrad": plan.method.cls.dsg_record(plan.dsg, plan.hparams)},
