@@ -26,7 +26,9 @@ def test_verdicts():
     assert verdict("lpips", 0.30, [0.216, 0.045]) == "worse"
     assert verdict("lpips", 0.25, [0.216, 0.045]) == "within"
     assert verdict("ssim", 0.80, [0.75]) == "better" and verdict("ssim", 0.75, [0.75]) == "equal"
-    assert verdict("psnr", None, [27.9, 1.9]) == "n/a" and verdict("fid", 3.0, [4.0, 1.0]) == "n/a"
+    assert verdict("psnr", None, [27.9, 1.9]) == "n/a" and verdict("kid", 3.0, [4.0, 1.0]) == "n/a"
+    assert verdict("fid", 3.0, [4.0, 1.0]) == "within" and verdict("fid", 2.0, [4.0, 1.0]) == "better"  # lower is better
+    assert verdict("fid", 39.0, [32.82]) == "worse"
 
 
 def test_cells_are_matched_to_published_rows():

@@ -31,8 +31,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
-METRICS = ("lpips", "ssim", "psnr")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "fid": False}
+METRICS = ("fid", "lpips", "ssim", "psnr")
 VERDICTS = ("within", "equal", "better", "worse", "n/a", "not run")  # the summary's order
 _ROWS_HEADER = re.compile(r"^\[\[tables\.([^\].]+)\.rows\]\]")
 _NUMBERS = re.compile(r"^(\w+)\s*=\s*\[\s*(-?[0-9][0-9.]*)\s*(?:,[^\]]*)?\]")

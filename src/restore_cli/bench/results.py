@@ -66,14 +66,16 @@ def _fmt1(s: dict | None) -> str:
 
 def markdown_table(data: dict) -> str:
     suite = data["suite"]
+    with_fid = "fid" in data  # the suite computes FID and KID (available or not: the columns say n/a)
     lines = [f"# {suite['name']}", ""]
     if suite.get("description"):
         lines += [suite["description"], ""]
     lines += [f"{suite['n_images']} images x {len(suite['seeds'])} seed(s); mean (std) per image; failure = PSNR < "
               f"{suite['failure_psnr']:g} dB; device {data['device']}; LPIPS {data['lpips']['net']}"
               + ("" if data["lpips"]["available"] else " (unavailable)") + ".", "",
-              "| task | method | DSG | model | setting | PSNR | SSIM | LPIPS | fail | NFE | s/img | peak MB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| task | method | DSG | model | setting | PSNR | SSIM | LPIPS | fail | NFE | s/img | peak MB |"
+              + (" FID | KID |" if with_fid else ""),
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if with_fid else "")]
     noises = [c["config"].get("noise_sigma") for c in data["cells"].values()]
     usual = suite.get("noise_sigma", max(set(noises), key=noises.count) if noises else None)  # shown when a cell differs
     old = 0
@@ -89,12 +91,15 @@ def markdown_table(data: dict) -> str:
             setting, old = setting + " †", old + 1
         head = f"| {task} | {cfg['method']} | {'yes' if cfg['diffstategrad'] else 'no'} | {cfg['model']} | {setting} |"
         if c["status"] != "ok":
-            lines.append(f"{head} {c['status']}: {c.get('reason') or c.get('error')} | | | | | | |")
+            lines.append(f"{head} {c['status']}: {c.get('reason') or c.get('error')} | | | | | | |" + (" | |" if with_fid else ""))
             continue
         s = c["summary"]
         mem = "-" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
         lines.append(f"{head} {_fmt(s['psnr'], 2)} | {_fmt(s['ssim'], 3)} | {_fmt(s['lpips'], 3)} | "
-                     f"{100 * s['failure_rate']:.0f}% | {s['nfe']} | {_fmt1(s['seconds'])} | {mem} |")
+                     f"{100 * s['failure_rate']:.0f}% | {s['nfe']} | {_fmt1(s['seconds'])} | {mem} |"
+                     + (f" {_fmt(s.get('fid'), 2)} | {_fmt(s.get('kid'), 4)} |" if with_fid else ""))
+    if with_fid and not data["fid"]["available"]:
+        lines += ["", f"FID and KID were not computed: {data['fid']['source']}."]
     if old:
         lines += ["", f"† {old} cell(s) made by an earlier revision of their method (a fix or a new default "
                   "since): `restore bench` reruns them."]

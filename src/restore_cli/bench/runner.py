@@ -102,10 +102,60 @@ def check_cell(cell: Cell, models: _Models) -> str | None:
     return None
 
 
+class SuiteFID:
+    """A suite's FID and KID (``fid = true``, or a paper table that reports FID): one Inception network for the
+    suite, each reference image's features computed once and shared by every cell and seed.  Without the
+    network's weights (``python -m restore_cli.metrics.fid install``) ``available`` is False and ``why`` says so
+    in one line; the cells then record FID as not computed."""
+
+    def __init__(self, device: torch.device):
+        from ..metrics.fid import fid_status, load_inception
+
+        self.device = device
+        self.available, self.why = fid_status()
+        self.network = load_inception(device=device) if self.available else None
+        self._refs: dict = {}
+
+    def cell(self) -> "CellFID":
+        return CellFID(self)
+
+
+class CellFID:
+    """One cell's FID/KID: per seed, its restorations against the references (the suite's images at the
+    model's size), as the papers report them; the cell's value is the mean (std) over seeds."""
+
+    def __init__(self, suite_fid: SuiteFID):
+        self.suite = suite_fid
+        self.per_seed: dict = {}
+
+    def add(self, seed: int, ids: list[int], reference: torch.Tensor, restored: torch.Tensor) -> None:
+        if self.suite.network is None:
+            return
+        from ..metrics.fid import FID
+
+        f = self.per_seed.setdefault(seed, FID(self.suite.network, device=self.suite.device))
+        for k, i in enumerate(ids):
+            key = (i, tuple(reference.shape[1:]))
+            if key not in self.suite._refs:
+                self.suite._refs[key] = f.features(reference[k:k + 1])
+            f.update_features(self.suite._refs[key], real=True)
+        f.update(restored, real=False)
+
+    def summary(self) -> dict:
+        """``fid`` and ``kid`` as mean (std) over seeds, and ``fid_note``: why it is missing, or its caveat."""
+        if self.suite.network is None:
+            return {"fid": mean_std([]), "kid": mean_std([]), "fid_note": f"FID not computed: {self.suite.why}"}
+        results = [f.compute() for f in self.per_seed.values()]
+        notes = sorted({r.note for r in results if r.note})
+        return {"fid": mean_std([r.fid for r in results]), "kid": mean_std([r.kid for r in results]),
+                "fid_note": "; ".join(notes) or None}
+
+
 def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callable | None = None,
-             keep: Callable | None = None) -> dict:
+             keep: Callable | None = None, fid: SuiteFID | None = None) -> dict:
     """Restore every image x seed of a cell; per-image metrics and the cell's summary.  ``keep``
-    (:func:`sample_writer`) saves a few of the first seed's restorations for the report's grids."""
+    (:func:`sample_writer`) saves a few of the first seed's restorations for the report's grids; ``fid``
+    adds the cell's FID and KID (:class:`SuiteFID`) to its summary."""
     from ..models.catalog import METHODS
     from ..runs.batch import Solve, score, solve_batch
 
@@ -121,6 +171,7 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
     rule = suite.restart_rule if cell.restarts > 1 else "residual"
     per_metric = rule == "best-per-metric"  # solved by the residual rule, every run kept and scored
     records, used_hp, shown = [], None, []
+    cell_fid = fid.cell() if fid is not None else None
     for seed in suite.seeds:
         for start in range(0, len(suite.images), suite.batch_size):
             ids = list(range(start, min(start + suite.batch_size, len(suite.images))))
@@ -136,6 +187,8 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
             if errors:
                 raise RuntimeError(f"metric failed: {errors[0]}")
             resid = sb.residuals()
+            if cell_fid is not None:  # (best-per-metric restarts: the run of least residual, as restore picks)
+                cell_fid.add(seed, ids, x, res.images)
             if keep is not None and seed == suite.seeds[0]:  # a few restorations to look at
                 shown += keep(sb, x, [suite.images[i][0] for i in ids], seed)
             for k, i in enumerate(ids):
@@ -144,6 +197,8 @@ def run_cell(cell: Cell, suite: Suite, models: _Models, lp=None, on_step: Callab
                                 "residual": resid[k], "nfe": res.nfe, "n_backward": res.n_backward,
                                 "seconds": sb.usage.seconds / len(ids), "peak_memory_mb": sb.usage.peak_mb})
     out = {"hyperparameters": used_hp, "images": records, "summary": summarize_cell(records, suite.failure_psnr)}
+    if cell_fid is not None:
+        out["summary"].update(cell_fid.summary())
     if keep is not None:
         out["samples"] = shown
     return {**out, "restart_rule": rule} if cell.restarts > 1 else out
@@ -244,6 +299,7 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
     models = _Models(device, suite.models_file)
     ok, where = lpips_status(suite.lpips_net)
     lp = LPIPS(suite.lpips_net).to(device) if ok else None
+    fid = SuiteFID(device) if suite.fid else None  # (not available: results.json says why; restore bench says it)
     data = {
         "schema_version": RESULTS_SCHEMA,
         "suite": {"name": suite.name, "file": str(suite.path), "description": suite.description, "context": None,
@@ -251,6 +307,7 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
                   "failure_psnr": suite.failure_psnr},
         "started": datetime.now(timezone.utc).isoformat(), "finished": None,
         "device": str(device), "lpips": {"net": suite.lpips_net, "available": ok, "source": where},
+        **({"fid": {"available": fid.available, "source": fid.why}} if fid is not None else {}),
         "environment": environment(), "models": {}, "cells": {},
     }
     data["suite"]["context"] = context
@@ -326,7 +383,7 @@ def run_suite(suite: Suite, output: Path, device: torch.device, rerun: bool = Fa
         t0 = time.time()
         try:
             out = run_cell(cell, suite, models, lp, lambda i, tot: emit("step", {"step": i, "total": tot}),
-                           keep=sample_writer(output, cell.key))
+                           keep=sample_writer(output, cell.key), fid=fid)
             data["cells"][cell.key] = {**entry, "status": "ok", **out, "wall_seconds": time.time() - t0,
                                        "finished": datetime.now(timezone.utc).isoformat(), "source": source_revision()}
             spec = models.spec(cell.model)

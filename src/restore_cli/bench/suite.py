@@ -133,6 +133,7 @@ class Suite:
     image_source: dict = field(default_factory=dict)
     models_file: Path | None = None
     paper: dict | None = None  # a paper suite's published table (papers.load_table)
+    fid: bool = False  # FID and KID per cell over its restorations (default: when the paper's table reports FID)
 
 
 # -- reading a suite ------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
     path = Path(path)
     data = _read(path, "suite file", tomllib.loads, tomllib.TOMLDecodeError, "TOML")
     known = {"name", "description", "seeds", "noise_sigma", "failure_psnr", "batch_size", "images", "grid", "lpips_net",
-             "models_file", "paper", "restart_rule"}
+             "models_file", "paper", "restart_rule", "fid"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SuiteError(f"{path}: unknown key(s) {', '.join(unknown)}")
@@ -348,7 +349,17 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
                  failure_psnr=float(data.get("failure_psnr", 15.0)), batch_size=int(data.get("batch_size", 8)),
                  cells=unique, lpips_net=str(data.get("lpips_net", "alex")), restart_rule=rule,
                  description=str(data.get("description", "")), image_source=dict(spec), models_file=models_file,
-                 paper=paper)
+                 paper=paper, fid=_fid_wanted(data.get("fid"), paper, path))
+
+
+def _fid_wanted(given, paper: dict | None, path: Path) -> bool:
+    """``fid = true|false`` in the suite; by default FID and KID are computed where the paper's table reports
+    FID (P2L's Table 8), and not elsewhere (each costs an Inception pass per image and a 2048-d matrix root)."""
+    if given is None:
+        return bool(paper) and "fid" in (paper.get("metrics") or [])
+    if not isinstance(given, bool):
+        raise SuiteError(f"{path}: fid must be true or false, got {given!r}")
+    return given
 
 
 def _cell_noise(given, task: str, task_opts: dict) -> float:
@@ -363,9 +374,11 @@ def _cell_noise(given, task: str, task_opts: dict) -> float:
 
 def suite_context(suite: Suite) -> str:
     """A hash of what every cell's numbers depend on besides the cell itself: the images (ids and
-    pixels), the seeds, the failure threshold, the LPIPS network and a restart rule other than the default."""
+    pixels), the seeds, the failure threshold, the LPIPS network, a restart rule other than the default and
+    whether FID is computed."""
     rule = [] if suite.restart_rule == "residual" else [suite.restart_rule]
-    h = hashlib.sha1(json.dumps([suite.seeds, suite.failure_psnr, suite.lpips_net, *rule]).encode())
+    fid = ["fid"] if suite.fid else []  # (a suite without FID keeps the context it had before FID existed)
+    h = hashlib.sha1(json.dumps([suite.seeds, suite.failure_psnr, suite.lpips_net, *rule, *fid]).encode())
     for name, img in suite.images:
         h.update(name.encode())
         h.update(img.float().contiguous().numpy().tobytes())

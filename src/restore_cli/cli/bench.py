@@ -77,6 +77,9 @@ def bench_cmd(
     if not shard.main:  # rank 0 reports the merged results and gates them
         raise typer.Exit(0)
     cells = data["cells"].values()
+    if data.get("fid") and not data["fid"]["available"]:  # the suite asks for FID, the network is not installed
+        err.print(f"[yellow]note:[/yellow] FID and KID were not computed: {escape(data['fid']['source'])}",
+                  highlight=False, soft_wrap=True)
     failed = [c for c in cells if c["status"] == "failed"]
     for c in failed:
         err.print(f"[red]failed:[/red] {escape(c['label'])}: {escape(c['error'])}", highlight=False, soft_wrap=True)
