@@ -6,7 +6,7 @@ split usually held out).  This writes images START..START+COUNT-1 of an FFHQ fol
 or NVlabs' ``images1024x1024/NN000/NNNNN.png`` layout), resized to SIZE x SIZE with Pillow's
 antialiased bicubic filter, as PNGs into OUT (never over an existing file):
 
-    python scripts/paper_images.py /data/ffhq/images1024x1024 ffhq-val-100 --start 60000 --count 100 --size 256
+    python benchmarks/tools/paper_images.py /data/ffhq/images1024x1024 ffhq-val-100 --start 60000 --count 100 --size 256
     restore bench benchmarks/papers/dsg-table2-ffhq.toml --images ffhq-val-100 --device cuda
 
 P2L's Table 8 uses the *first* 1000 FFHQ images at 512: ``--start 0 --count 1000 --size 512``.
