@@ -68,3 +68,15 @@ def test_what_the_command_refuses_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="tensor"):
         restore_cli.restore(torch.zeros(2, 3), "inpaint")
     assert not (tmp_path / "o").exists()
+
+
+def test_path_options_take_paths(tmp_path):
+    """A mask file given as a pathlib.Path, as Python callers write it."""
+    from PIL import Image
+
+    mask = tmp_path / "mask.png"
+    a = torch.zeros(32, 32)
+    a[8:20, 8:20] = 1
+    Image.fromarray((a.numpy() * 255).astype("uint8")).save(mask)
+    got = restore_cli.restore(FMNIST[:1], "inpaint", model="gaussian-fmnist", mask=mask, device="cpu")
+    assert got.records[0]["status"] == "ok" and got.metrics["config"]["operator"]["task_options"]["mask"] == str(mask)

@@ -27,7 +27,8 @@ def ok(**metrics) -> dict:
 
 def test_under_the_printed_precision_is_equal():
     assert verdict("lpips", 0.0951, [0.095]) == "equal"  # the example
-    assert verdict("lpips", 0.0941, [0.095]) == "equal" and verdict("lpips", 0.094, [0.095]) == "better"
+    assert verdict("lpips", 0.0949, [0.095]) == "equal" and verdict("lpips", 0.0941, [0.095]) == "better"
+    assert verdict("lpips", 0.0959, [0.095]) == "worse"  # printed 0.096: a reader sees a difference
     assert verdict("psnr", 28.549, [28.55]) == "equal" and verdict("psnr", 28.53, [28.55]) == "worse"
     assert verdict("lpips", 0.0951, [0.095, 0.01]) == "within"  # with a std: as before
     assert verdict("lpips", float("nan"), [0.095]) == "n/a" and verdict("psnr", float("nan"), [28.0, 1.0]) == "n/a"

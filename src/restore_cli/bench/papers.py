@@ -143,9 +143,9 @@ def find_row(table: dict, method: str, task: str, step_scale=None) -> dict | Non
 
 
 def verdict(metric: str, ours: float | None, published, digits: int | None = None) -> str:
-    """``within`` / ``better`` / ``worse``; ``equal`` when the paper gives no std and the difference is smaller
-    than its printed precision (``digits`` decimals printed; unknown: as Python writes the number); ``n/a``
-    when a number is missing or NaN."""
+    """``within`` / ``better`` / ``worse``; ``equal`` when the paper gives no std and ours, printed with the
+    paper's ``digits`` decimals (unknown: as Python writes the paper's number), reads as the paper's number
+    (0.0951 against a printed 0.095, not 0.0959); ``n/a`` when a number is missing or NaN."""
     if ours is None or published is None or metric not in HIGHER_IS_BETTER:
         return "n/a"
     vals = list(published) if isinstance(published, (list, tuple)) else [published]
@@ -158,7 +158,7 @@ def verdict(metric: str, ours: float | None, published, digits: int | None = Non
         return "within"
     if std is None:
         d = digits if digits is not None else _decimals(mean)
-        if diff == 0 or (d is not None and abs(diff) < 10.0 ** -d * (1 - 1e-9)):
+        if diff == 0 or (d is not None and f"{float(ours):.{d}f}" == f"{mean:.{d}f}"):  # printed alike
             return "equal"
     better = diff > 0 if HIGHER_IS_BETTER[metric] else diff < 0
     return "better" if better else "worse"

@@ -690,5 +690,16 @@ def markdown(data: dict, figs: list[Figure], left: list[str], rel: str, base: Pa
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def anchor_samples(data: dict, folder: Path) -> dict:
+    """``data`` with its cells' saved-image paths made absolute against ``folder`` (its results.json's), so
+    that shards from different folders still find their images once merged."""
+    for c in (data.get("cells") or {}).values():
+        for r in _samples_of(c) if isinstance(c, dict) else []:
+            for k in ("measurement", "restored", "truth", "mask"):
+                if isinstance(r.get(k), str) and not Path(r[k]).is_absolute():
+                    r[k] = str((Path(folder) / r[k]).resolve())
+    return data
+
+
 def merged_path(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / ("results.json" if name == "report" else f"{name}.json")

@@ -283,6 +283,9 @@ def load_suite(path: Path, images: Path | None = None, models_file: Path | None 
                 check_task_options(t["task"], opts, suite=True)
             except UsageError as e:
                 raise SuiteError(str(e)) from None
+            for k, v in opts.items():  # text a check parsed ("0.4,0.5": a pair) as the numbers it means; numbers
+                if isinstance(t.get(k), str) and not isinstance(v, str):  # as written (cell keys unchanged)
+                    t[k] = v
             if isinstance(opts.get("kernel_model"), str):  # a suite's own blur network: relative to the suite
                 t["kernel_model"] = str((path.parent / opts["kernel_model"]).resolve())
             tasks.append(t)

@@ -172,6 +172,8 @@ def report_cmd(
         tol = parse_tolerances(tolerance)
         if not name or any(ch in name for ch in "/\\") or name.startswith("."):
             raise ReportError(f"--name {name!r}: a plain file name without a folder")
+        if name == "results":
+            raise ReportError("--name results would write over restore bench's own results.md: choose another name")
         datas = [load(p) for p in results]
         base = None if baseline is None else load(baseline)
         grids = None
@@ -184,19 +186,36 @@ def report_cmd(
             merged = merged_path(out_dir, name)
             if any(merged.resolve() == p.resolve() for p in results):
                 raise ReportError(f"{merged} is one of the results files: merge into another folder or --name")
+            if merged.exists() and "merged_from" not in _json_or_none(merged):  # not an earlier merge of ours
+                raise ReportError(f"{merged} exists and was not written by restore bench report: merge into another "
+                                  "folder (-o) or --name (nothing is overwritten)")
     except SuiteError as e:
         raise typer.Exit(usage_error(str(e)))
-    data = datas[0] if len(datas) == 1 else merge(datas)
-    if merged is not None:
-        from ..images.write import write_json_atomic
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(merged, data)
     sources = [str(p) for p in results] + ([f"-o {output}"] if output else []) \
         + ([f"--name {name}"] if name != "report" else []) + ([f"--baseline {baseline}"] if baseline else []) \
         + ([f"--grids-from {grids_from}"] if grids_from else [])
-    rep = write_report(data, out_dir, base=results[0].parent, name=name, baseline=base, tol=tol,
-                       baseline_name=str(baseline) if baseline else "baseline", grids=grids, sources=sources)
+    if len(datas) > 1:
+        from ..bench.report import anchor_samples
+
+        datas = [anchor_samples(d, p.parent) for d, p in zip(datas, results)]
+        data = {**merge(datas), "merged_from": [str(p) for p in results]}
+    else:
+        data = datas[0]
+    try:
+        if merged is not None:
+            from ..images.write import write_json_atomic
+
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(merged, data)
+        rep = write_report(data, out_dir, base=results[0].parent, name=name, baseline=base, tol=tol,
+                           baseline_name=str(baseline) if baseline else "baseline", grids=grids, sources=sources)
+    except OSError as e:
+        raise typer.Exit(usage_error(f"cannot write the report into {out_dir}: {e.strerror or e}"))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # a hand-edited or foreign results file
+        what = f"missing entry {e}" if isinstance(e, KeyError) else str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise typer.Exit(usage_error(f"cannot draw a report from {', '.join(map(str, results))}"
+                                     f"{' and ' + str(baseline) if baseline else ''}: a cell is not as restore bench "
+                                     f"writes it ({what})"))
     if not quiet:
         out.print(f"report: {rep.markdown} ({len(rep.figures)} figures"
                   + (f"; merged results: {merged}" if merged else "") + ")", highlight=False)
@@ -204,3 +223,14 @@ def report_cmd(
     if line and not quiet:
         out.print(escape(line), highlight=False, soft_wrap=True)
     raise typer.Exit(0)
+
+
+def _json_or_none(path: Path) -> dict:
+    """A JSON file's object, or {} when it is not one (never raises)."""
+    import json
+
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}

@@ -6,6 +6,7 @@ capability check (method x task x model), the noise unit of ``--noise-sigma`` an
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,6 +237,8 @@ def check_task_options(task: str, opts: dict, suite: bool = False) -> None:
         name = o.name if suite else o.flag
         if v is None:
             continue
+        if o.path_ok and hasattr(v, "__fspath__"):  # a pathlib.Path from Python (restore_cli.restore): its text
+            v = opts[key] = os.fspath(v)
         if o.type == "pair":
             if isinstance(v, str):
                 try:
