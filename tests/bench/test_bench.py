@@ -14,7 +14,7 @@ from restore_cli.bench.runner import summarize_cell
 from restore_cli.bench.results import compare, parse_tolerances
 from restore_cli.cli.app import app
 from restore_cli.runs.report import source_revision
-from tests.conftest import tiny_unet
+from tests.conftest import tiny_suite_inputs
 
 runner = CliRunner()
 
@@ -22,20 +22,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Three 16x16 grey images, a tiny random pixel model (a local diffusers folder) and a suite."""
-    from diffusers import DDPMScheduler
-
     d = tmp_path_factory.mktemp("bench")
-    imgs = d / "images"
-    imgs.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        a = np.zeros((16, 16), np.uint8)
-        a[3 + i:12, 4:12 - i] = 200 - 30 * i  # a bright object on black, like Fashion-MNIST
-        a = np.clip(a + rng.integers(0, 20, a.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(a).save(imgs / f"im{i}.png")
-    model = d / "tiny"
-    tiny_unet(1, 1, size=16).save_pretrained(model)
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(model)
+    imgs, model = tiny_suite_inputs(d)
     suite = d / "suite.toml"
     suite.write_text(f"""
 name = "unit"

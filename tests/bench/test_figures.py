@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 from restore_cli.bench.report import cost_figure, figure_data
 from restore_cli.bench.results import DEFAULT_TOLERANCES, compare
 from restore_cli.cli.app import app, main
-from tests.conftest import tiny_unet
+from tests.conftest import tiny_suite_inputs
 
 runner = CliRunner()
 
@@ -42,19 +41,8 @@ def restore_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 def run(tmp_path_factory):
     """A tiny suite run: 3 grey 16x16 images, DPS on a tiny random model with and without DSG at guidance
     x1 and x10, the Gaussian baselines; its output folder."""
-    from diffusers import DDPMScheduler
-
     d = tmp_path_factory.mktemp("figs")
-    imgs = d / "images"
-    imgs.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        a = np.zeros((16, 16), np.uint8)
-        a[3 + i:12, 4:12 - i] = 200 - 30 * i
-        Image.fromarray(np.clip(a + rng.integers(0, 20, a.shape), 0, 255).astype(np.uint8)).save(imgs / f"im{i}.png")
-    model = d / "tiny"
-    tiny_unet(1, 1, size=16).save_pretrained(model)
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(model)
+    imgs, model = tiny_suite_inputs(d)
     suite = d / "suite.toml"
     suite.write_text(f"""
 name = "figs"
