@@ -164,8 +164,8 @@ _MASKS = ("box", "random", "freeform")
 TASK_OPTIONS: tuple[TaskOption, ...] = (
     TaskOption("mask", ("inpaint",), "str", "box", "box (half the side), random, freeform, or a PATH, white = missing",
                choices=_MASKS, path_ok=True, recorded=True),
-    TaskOption("box_placement", ("inpaint",), "str", "random", "Where the box goes: random (within a 1/16 margin, "
-               "as DPS) or center", applies=("mask", ("box",)), choices=("random", "center")),
+    TaskOption("box_placement", ("inpaint",), "str", "random", "Box position: random (DPS's 1/16 margin) or "
+               "center", applies=("mask", ("box",)), choices=("random", "center")),
     TaskOption("missing", ("inpaint",), "float", 0.7, "Share of the pixels missing", applies=("mask", ("random",)),
                lo=0.0, hi=1.0, hi_open=True),
     TaskOption("coverage", ("inpaint",), "pair", (0.2, 0.3), "LO,HI: share of the pixels the strokes cover",
