@@ -108,7 +108,7 @@ COMMON = [
                                                                               rich_help_panel="Method")]),
     P("noise_sigma", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[float], typer.Option(
         "--noise-sigma", show_default=False, help=escape(
-            f"Noise std on [-1, 1] images as the codes add it (PLoRG's text, 000:252: [0, 1]). "
+            f"Noise std on [-1, 1] images as the papers' codes add it (PLoRG's text, 000:252: [0, 1]). "
             f"Default {DEFAULT_NOISE_SIGMA:g}; 0 for jpeg and --then jpeg:Q."))]),
     P("noise_unit", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], typer.Option(
         "--noise-unit", show_default=False, help=escape(
