@@ -8,9 +8,6 @@ copy back to the host raises there, exactly where a GPU run would synchronise.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -363,15 +360,25 @@ def test_half_precision_restoration_within_tolerance_on_cuda(dtype):  # pragma: 
 
 # -- the benchmark script -----------------------------------------------------------------------------
 
-def test_bench_throughput_prints_the_table(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "tools" / "bench_throughput.py"
-    spec = importlib.util.spec_from_file_location("bench_throughput", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_throughput"] = mod
-    spec.loader.exec_module(mod)
-    rc = mod.main(["--models", "fmnist-ddpm-32", "--methods", "dps", "--batch-sizes", "1", "2", "--steps", "2",
-                   "--dsg-share", "--workdir", str(tmp_path), "--markdown", str(tmp_path / "t.md")])
+def test_bench_throughput_prints_the_table(tmp_path, capsys, monkeypatch):
+    """`restore bench throughput` (restore_cli.bench.throughput) through the console script's main()."""
+    from restore_cli.cli.app import main
+
+    monkeypatch.setattr("sys.argv", ["restore", "bench", "throughput", "--models", "fmnist-ddpm-32", "--methods", "dps",
+                                     "--batch-sizes", "1", "2", "--steps", "2", "--dsg-share", "--workdir",
+                                     str(tmp_path), "--markdown", str(tmp_path / "t.md")])
+    with pytest.raises(SystemExit) as e:
+        main()
     out = capsys.readouterr().out
-    assert rc == 0
+    assert e.value.code == 0
     assert "| dps | fmnist-ddpm-32 | 2 | fp32 | yes | no |" in out and "s/image at B / at 1" in out
     assert (tmp_path / "throughput.jsonl").exists() and (tmp_path / "t.md").read_text().startswith("| method |")
+
+
+def test_bench_throughput_usage_error_is_exit_2(monkeypatch, capsys):
+    from restore_cli.cli.app import main
+
+    monkeypatch.setattr("sys.argv", ["restore", "bench", "throughput", "--dtypes", "fp64"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2 and "restore bench throughput" in capsys.readouterr().err

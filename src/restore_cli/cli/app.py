@@ -307,6 +307,13 @@ def main():
     try:
         if argv[:2] == ["bench", "report"]:  # beside `restore bench SUITE`: a command of its own (cli/bench.py)
             code = bench_report_app(args=argv[2:], prog_name="restore bench report", standalone_mode=False)
+        elif argv[:2] == ["bench", "throughput"]:  # the throughput benchmark (bench/throughput.py, its own options)
+            from ..bench.throughput import main as throughput
+
+            try:
+                code = throughput(argv[2:], prog="restore bench throughput")
+            except SystemExit as e:  # argparse: --help (0) or a usage error (2, said on stderr)
+                code = e.code if isinstance(e.code, int) else 2
         else:
             code = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:

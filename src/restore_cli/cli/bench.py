@@ -38,6 +38,9 @@ def bench_cmd(
     distributions and failure rates, cost; with --baseline, what moved). Redraw them from an existing
     results file without running anything: [bold]restore bench report RESULTS.json[/bold]
 
+    Seconds per step, NFE per second and peak memory of every method on a model, with and without
+    DiffStateGrad: [bold]restore bench throughput --help[/bold]
+
     A paper suite (benchmarks/papers/) also prints the paper's published numbers beside ours, with a verdict
     per cell and metric (within the paper's std, better or worse), and adds them to results.md.
 

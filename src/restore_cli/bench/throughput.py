@@ -18,8 +18,8 @@ denoiser evaluations per second: batch x denoiser calls / seconds), peak MB (CUD
 a GPU; the process's peak resident memory on the CPU, weights included), and with ``--dsg-share``
 the share of a step spent in DiffStateGrad (the state's SVD and the projections).
 
-    python benchmarks/tools/bench_throughput.py                                   # the CPU subset of docs/throughput.md
-    python benchmarks/tools/bench_throughput.py --device cuda --models ffhq-256 ldm-ffhq-256 sd-v1-5 \\
+    restore bench throughput                                   # the CPU subset of docs/throughput.md
+    restore bench throughput --device cuda --models ffhq-256 ldm-ffhq-256 sd-v1-5 \\
         --batch-sizes 1 4 8 16 --dtypes fp32 fp16 bf16 --low-memory both  # the full matrix, on a GPU
 
 Results are appended to ``--results`` (JSON lines, by default in ``--workdir``; cells already there are skipped unless
@@ -64,7 +64,7 @@ def build(name: str, workdir: Path) -> Path:
 
 def methods_for(kind: str) -> list[str]:
     """The learned methods that run on a model kind (latent DPS under its latent name)."""
-    from restore_cli.models.catalog import METHODS
+    from ..models.catalog import METHODS
 
     out = []
     for name, info in METHODS.items():
@@ -112,7 +112,7 @@ class DSGTimer:
         return timed
 
     def __enter__(self):
-        from restore_cli.solvers import projection
+        from ..solvers import projection
 
         self._saved = (projection.DiffStateGrad.at, projection.StateProjector.project)
         projection.DiffStateGrad.at = self._wrap(self._saved[0])
@@ -120,7 +120,7 @@ class DSGTimer:
         return self
 
     def __exit__(self, *exc):
-        from restore_cli.solvers import projection
+        from ..solvers import projection
 
         projection.DiffStateGrad.at, projection.StateProjector.project = self._saved
 
@@ -132,9 +132,9 @@ def nothing():
 
 def load(model: str, device: torch.device, dtype: torch.dtype, low_memory: bool, workdir: Path):
     """``(prior, resolution, channels)`` of a registered model (a real one with random weights)."""
-    from restore_cli.models.config import load_registry, local_model
-    from restore_cli.models.hub import load_prior
-    from restore_cli.models.testing import REAL_MODELS
+    from ..models.config import load_registry, local_model
+    from ..models.hub import load_prior
+    from ..models.testing import REAL_MODELS
 
     reg = load_registry()
     spec = reg.get(model)
@@ -164,11 +164,11 @@ def apply_net_format(prior, fmt: str):
 def run_cell(prior, res: int, channels: int, method: str, batch: int, dsg_on: bool, steps: int, task: str,
              device: torch.device, dsg_share: bool) -> dict:
     """Time ``steps`` sampler steps of one cell; returns its record."""
-    from restore_cli.models.catalog import METHODS
-    from restore_cli.profiling import measure
-    from restore_cli.models.registry import build_operator
-    from restore_cli.rng import make_generators
-    from restore_cli.solvers import DiffStateGrad
+    from ..models.catalog import METHODS
+    from ..profiling import measure
+    from ..models.registry import build_operator
+    from ..rng import make_generators
+    from ..solvers import DiffStateGrad
 
     info = METHODS[method]
     cls = info.cls
@@ -244,12 +244,13 @@ def cell_key(r: dict) -> tuple:
             r.get("net", "eager"))
 
 
-def main(argv=None) -> int:
-    from restore_cli.models.catalog import METHODS
-    from restore_cli.models.config import load_registry
-    from restore_cli.models.testing import REAL_MODELS
+def main(argv=None, prog: str | None = None) -> int:
+    """``restore bench throughput [OPTIONS]`` (``prog``: the name its usage line shows)."""
+    from ..models.catalog import METHODS
+    from ..models.config import load_registry
+    from ..models.testing import REAL_MODELS
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--models", nargs="+", default=list(BUNDLED),
                     help=f"registered models (bundled, or {', '.join(REAL_MODELS)})")
@@ -333,4 +334,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="restore bench throughput"))
