@@ -8,7 +8,7 @@
     result.records[0]   # its metrics.json record: status, psnr, ssim, lpips, nfe, seconds, ...
     result.metrics      # the whole metrics.json: settings, seed, model revision, library versions, summary
 
-It is the command itself, not a second implementation: the same checks (:func:`runs.checks.check`, a
+It is the command itself, not a second implementation: the same checks (:func:`runs.plan.resolve`, a
 :class:`~restore_cli.errors.UsageError` for what the command refuses with exit code 2), the same plan and the
 same execution, writing the same files into ``output`` (a temporary folder, removed afterwards, when it is
 None).  ``images`` are the restored PNGs read back, so they are exactly the pixels the command writes (8 or
@@ -29,7 +29,7 @@ import torch
 from .errors import UsageError
 from .images.read import read_image
 from .images.write import write_png
-from .runs.checks import RunConfig, check
+from .runs.checks import RunConfig
 from .runs.execute import execute
 from .runs.plan import resolve
 
@@ -70,13 +70,12 @@ def restore(images: Images, task: str, *, method: str | None = None, model: str 
         argv = ["restore_cli.restore", task]  # recorded as the run's command
         cfg = RunConfig(task=task, inputs=inputs, method=method, model=model, diffstategrad=diffstategrad,
                         output=out, task_opts=task_opts, argv=argv, **run_opts)
-        checked = check(cfg)
-        report = execute(resolve(cfg), events)
-        stems = checked.stems
+        plan = resolve(cfg)  # checks every name, option and path first, as the command does
+        report = execute(plan, events)
         by_input = {r["input"]: r for r in report.data["images"]}
-        records = [by_input.get(str(p), {}) for p in checked.images]
+        records = [by_input.get(str(p), {}) for p in plan.images]
         restored = [read_image(out / f"{stem}.png") if rec.get("status") == "ok" else None
-                    for stem, rec in zip(stems, records)]
+                    for stem, rec in zip(plan.stems, records)]
         return Restored(restored, records, report.data, Path(output) if output is not None else None)
 
 

@@ -1,14 +1,8 @@
-"""The Fashion-MNIST suite's bars and the merging of result shards (restore_cli.bench.report, drawn by
+"""The Fashion-MNIST suite's bars and the merging of result shards (restore_cli.bench.bars and .results, drawn by
 `restore bench report`), on hand-made cells whose verdicts are known."""
 
-import pytest
 
-from restore_cli.bench import report as report_module
-
-
-@pytest.fixture(scope="module")
-def report():
-    return report_module
+from restore_cli.bench import bars, results
 
 
 def cell(task, opts, method, dsg, guidance, psnrs, lpips=0.1, status="ok"):
@@ -33,44 +27,44 @@ def grid(task, opts, method, x1, x1_dsg, x10, x10_dsg):
             cell(task, opts, method, False, 10.0, x10), cell(task, opts, method, True, 10.0, x10_dsg)]
 
 
-def test_bar2_is_met_when_dsg_loses_less_and_missed_when_it_loses_more(report):
+def test_bar2_is_met_when_dsg_loses_less_and_missed_when_it_loses_more():
     box = {"mask": "box"}
     d = data(*grid("inpaint", box, "psld", [20, 22], [20, 22], [17, 19], [19, 21]))  # lose 3 dB vs 1 dB
-    r = report.robustness(d, "inpaint[mask=box]", "psld", 10.0)
+    r = bars.robustness(d, "inpaint[mask=box]", "psld", 10.0)
     assert r["ok"] and r["without"] == "+3.00 dB" and r["with"] == "+1.00 dB"
     # paired: per image (1 - 3) = -2 on both images, so the mean is -2 with no spread
     assert r["paired"] == (-2.0, 0.0, 2)
     d = data(*grid("inpaint", box, "dps", [20, 22], [20, 22], [19, 21], [17, 19]))
-    assert not report.robustness(d, "inpaint[mask=box]", "dps", 10.0)["ok"]
+    assert not bars.robustness(d, "inpaint[mask=box]", "dps", 10.0)["ok"]
 
 
-def test_bar2_a_diverged_variant_never_meets_the_bar(report):
+def test_bar2_a_diverged_variant_never_meets_the_bar():
     opts = {"mask": "random"}
     d = data(*grid("inpaint", opts, "daps", [20, 20], [20, 20], [None, None], [None, None]))
-    r = report.robustness(d, "inpaint[mask=random]", "daps", 10.0)
+    r = bars.robustness(d, "inpaint[mask=random]", "daps", 10.0)
     assert not r["ok"] and "diverged" in r["with"] and "diverged" in r["without"]
     # without DSG diverged, with DSG finite: met
     d = data(*grid("inpaint", opts, "daps", [20, 20], [20, 20], [None, None], [18, 18]))
-    assert report.robustness(d, "inpaint[mask=random]", "daps", 10.0)["ok"]
+    assert bars.robustness(d, "inpaint[mask=random]", "daps", 10.0)["ok"]
 
 
-def test_bar2_waits_for_all_four_cells_and_keeps_tasks_apart(report):
+def test_bar2_waits_for_all_four_cells_and_keeps_tasks_apart():
     blur = {"kernel": "motion"}
     cs = grid("deblur", blur, "dps", [20], [20], [18], [19])
-    assert report.robustness(data(*cs[:3]), "deblur[kernel=motion]", "dps", 10.0) is None
+    assert bars.robustness(data(*cs[:3]), "deblur[kernel=motion]", "dps", 10.0) is None
     other = grid("deblur", {"kernel": "gaussian"}, "dps", [30], [30], [10], [29])
     d = data(*cs, *other)
-    assert report.robustness(d, "deblur[kernel=motion]", "dps", 10.0)["without"] == "+2.00 dB"
-    table = "\n".join(report.bar2_every_task(d))
+    assert bars.robustness(d, "deblur[kernel=motion]", "dps", 10.0)["without"] == "+2.00 dB"
+    table = "\n".join(bars.bar2_every_task(d))
     assert "met in 2 of 2 measured" in table and "deblur[kernel=gaussian]" in table
 
 
-def test_bars_read_the_default_cells_not_a_sweep_point(report):
+def test_bars_read_the_default_cells_not_a_sweep_point():
     box = {"mask": "box"}
     swept = cell("inpaint", box, "dps", True, 1.0, [5])
     swept["config"]["dsg_opts"] = {"var_cutoff": 0.5}
     d = data(swept, *grid("inpaint", box, "dps", [20], [20], [19], [19.5]))
-    assert report.robustness(d, "inpaint[mask=box]", "dps", 10.0)["with"] == "+0.50 dB"
+    assert bars.robustness(d, "inpaint[mask=box]", "dps", 10.0)["with"] == "+0.50 dB"
     # a suite comparing rank rules names the default one: that cell is the default, the other a sweep point
     g = grid("inpaint", box, "psld", [20], [20], [19], [19.5])
     for c in g[1::2]:
@@ -79,34 +73,34 @@ def test_bars_read_the_default_cells_not_a_sweep_point(report):
     for c in paper:
         c["summary"] = {**c["summary"], "psnr": {"mean": 1.0}}
     d = data(*paper, *g)
-    assert report.robustness(d, "inpaint[mask=box]", "psld", 10.0)["with"] == "+0.50 dB"
-    assert report.robustness(data(*paper, *g[::2]), "inpaint[mask=box]", "psld", 10.0) is None
+    assert bars.robustness(d, "inpaint[mask=box]", "psld", 10.0)["with"] == "+0.50 dB"
+    assert bars.robustness(data(*paper, *g[::2]), "inpaint[mask=box]", "psld", 10.0) is None
 
 
-def test_bar1_compares_lpips_with_the_posterior_mean(report):
+def test_bar1_compares_lpips_with_the_posterior_mean():
     box = {"mask": "box"}
     d = data(cell("inpaint", box, "posterior-mean", False, 1.0, [15], lpips=0.2),
              cell("inpaint", box, "dps", False, 1.0, [20], lpips=0.1),
              cell("inpaint", box, "dps", True, 1.0, [20], lpips=0.3))
-    text = "\n".join(report.bars(d))
+    text = "\n".join(bars.bars(d))
     assert "dps: LPIPS 0.100 vs 0.200 -> met" in text
     assert "dps + DSG: LPIPS 0.300 vs 0.200 -> **missed**" in text
 
 
-def test_a_method_that_does_not_support_a_task_is_no_cell_to_wait_for(report):
+def test_a_method_that_does_not_support_a_task_is_no_cell_to_wait_for():
     hdr = {}
     cs = grid("hdr", hdr, "dps", [20], [20], [18], [19])
     unsupported = [cell("hdr", hdr, "psld", d, g, [20], status="skipped")
                    for d in (False, True) for g in (1.0, 10.0)]
-    table = "\n".join(report.bar2_every_task(data(*cs, *unsupported)))
+    table = "\n".join(bars.bar2_every_task(data(*cs, *unsupported)))
     assert "met in 1 of 1 measured" in table
     assert "psld" not in table and "not measured yet" not in table
     # while one of the method's cells has not run, the row waits for it
-    table = "\n".join(report.bar2_every_task(data(*cs[:3])))
+    table = "\n".join(bars.bar2_every_task(data(*cs[:3])))
     assert "| hdr[] | dps x10 | - | - | - | not measured yet |" in table
 
 
-def test_shards_merge_to_the_finished_and_then_the_newer_cell(report):
+def test_shards_merge_to_the_finished_and_then_the_newer_cell():
     """Shards of one suite: ok over failed, a rerun (later ``finished``) over the earlier result, and a
     cell from before ``finished`` was recorded counts as the oldest."""
     def c(status, psnr, finished=None):
@@ -118,13 +112,13 @@ def test_shards_merge_to_the_finished_and_then_the_newer_cell(report):
                                      "c": c("failed", 0)}}
     new = {"started": "t", "cells": {"a": c("ok", 20, "2026-12-02T00:00:00"),  # no zone: UTC
                                      "b": c("ok", 21, "2026-11-30T00:00:00+00:00"), "c": c("ok", 22)}}
-    m = report.merge([old, new], suite)["cells"]
+    m = results.merge([old, new], suite)["cells"]
     assert [m[k]["summary"]["psnr"]["mean"] for k in "abc"] == [20, 11, 22]
-    m = report.merge([new, old], suite)["cells"]
+    m = results.merge([new, old], suite)["cells"]
     assert [m[k]["summary"]["psnr"]["mean"] for k in "abc"] == [20, 11, 22]
 
 
-def test_merge_prefers_a_cell_of_the_methods_current_revision(report):
+def test_merge_prefers_a_cell_of_the_methods_current_revision():
     """A newer cell made by an earlier revision of its method loses to an older one made by the current
     revision; the table marks an outdated cell that is all there is."""
     from restore_cli.bench.results import current_revision
@@ -140,27 +134,27 @@ def test_merge_prefers_a_cell_of_the_methods_current_revision(report):
     current = {"started": "t", "cells": {"a": c(20, "2026-12-01T00:00:00+00:00", rev)}}
     stale = {"started": "t", "cells": {"a": c(10, "2026-12-05T00:00:00+00:00")}}  # none recorded: 1
     for order in ([current, stale], [stale, current]):
-        assert report.merge(order, suite)["cells"]["a"]["summary"]["psnr"]["mean"] == 20
-    assert report.outdated(stale["cells"]["a"]) and not report.outdated(current["cells"]["a"])
+        assert results.merge(order, suite)["cells"]["a"]["summary"]["psnr"]["mean"] == 20
+    assert results.outdated(stale["cells"]["a"]) and not results.outdated(current["cells"]["a"])
     # the DPS phase-retrieval fix is on that task only
     assert current_revision("dps", "phase-retrieval") > current_revision("dps", "inpaint") == 1
     assert current_revision("dps", "phase-retrieval", "latent") == current_revision("latent-dps", "phase-retrieval") == 1
 
 
-def test_merge_keeps_the_suites_order_of_every_files_cells(report):
+def test_merge_keeps_the_suites_order_of_every_files_cells():
     def c(psnr):
         return cell("inpaint", {"mask": "box"}, "dps", False, 1.0, [psnr])
 
     a = {"started": "2026-01-02", "finished": "2026-01-03", "cells": {"x": c(1), "z": c(3)}}
     b = {"started": "2026-01-01", "finished": None, "cells": {"y": c(2), "z": c(4)}}
-    m = report.merge([a, b])
+    m = results.merge([a, b])
     assert list(m["cells"]) == ["x", "z", "y"] and m["started"] == "2026-01-01" and m["finished"] is None
-    assert list(report.merge([a, b], ["x", "y", "z"])["cells"]) == ["x", "y", "z"]
+    assert list(results.merge([a, b], ["x", "y", "z"])["cells"]) == ["x", "y", "z"]
 
 
-def test_the_bars_are_in_a_report_of_a_suite_that_has_their_cells(report):
+def test_the_bars_are_in_a_report_of_a_suite_that_has_their_cells():
     box = {"mask": "box"}
     d = data(cell("inpaint", box, "posterior-mean", False, 1.0, [15], lpips=0.2),
              *grid("inpaint", box, "dps", [20], [20], [19], [19.5]))
-    assert report.has_bars(d)
-    assert not report.has_bars(data(*grid("inpaint", box, "dps", [20], [20], [19], [19.5])))
+    assert bars.has_bars(d)
+    assert not bars.has_bars(data(*grid("inpaint", box, "dps", [20], [20], [19], [19.5])))

@@ -23,9 +23,9 @@ options, no swept hyperparameter); the other cells are in the table.  What canno
 before images were saved, no step sweep, failed cells) is said in one line.
 
 Several results files (shards of one suite run side by side, e.g. one per CPU core with ``--only``) are
-merged cell by cell (:func:`merge`).  A suite that holds the cells of the DiffStateGrad issue's three bars
-(the Fashion-MNIST suite, docs/benchmarks.md) gets them checked in the report (:func:`bars`), with the
-hand-written notes of ``<suite>-notes.md`` beside the suite file, if any.
+merged cell by cell (:func:`restore_cli.bench.results.merge`).  A suite that holds the cells of the DiffStateGrad
+issue's three bars (the Fashion-MNIST suite, docs/benchmarks.md) gets them checked in the report
+(:mod:`restore_cli.bench.bars`), with the hand-written notes of ``<suite>-notes.md`` beside the suite file, if any.
 """
 
 from __future__ import annotations
@@ -33,15 +33,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import markdown_table, outdated
+from .bars import bars, has_bars, notes
+from .results import cells, default_dsg, markdown_table, outdated, samples_of, task_of
 from .suite import SuiteError
-
-NOT_DIFFUSION = ("pseudo-inverse", "posterior-mean", "posterior-sample")
-
 
 class ReportError(SuiteError):
     """A results file that cannot be read at all (a usage error: exit 2)."""
@@ -71,68 +68,12 @@ class Report:
         return None if not self.left_out else "left out of the report: " + "; ".join(self.left_out)
 
 
-# --- reading results ------------------------------------------------------------------------------------
-
-def load(path: Path) -> dict:
-    """A results.json, or :class:`ReportError` with one line (missing, empty, not JSON, no cells)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such results file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: cannot read it ({e})") from None
-    if not text.strip():
-        raise ReportError(f"{path}: empty file, not a restore bench results.json")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
-        raise ReportError(f"{path}: not a restore bench results.json (no 'cells')")
-    if not data["cells"]:
-        raise ReportError(f"{path}: no cells (the suite has not run a cell yet)")
-    return data
-
-
-def cells(data):
-    """Every cell the suite plans that can run (a skipped cell's method does not support its task):
-    (config, cell)."""
-    for c in data["cells"].values():
-        if isinstance(c, dict) and isinstance(c.get("config"), dict) and c.get("status") != "skipped":
-            yield c["config"], c
-
-
-def task_of(c) -> str:
-    """A cell's task with its options, as its label writes it: 'inpaint[mask=box]', 'hdr[]'."""
-    label = c.get("label")
-    if label:
-        return label.split()[0]
-    cfg = c["config"]
-    return f"{cfg['task']}[{','.join(f'{k}={v}' for k, v in sorted((cfg.get('task_opts') or {}).items()))}]"
-
-
 def slug(text: str) -> str:
     """A task label as a file name: 'inpaint[mask=box]' -> 'inpaint-mask-box'."""
     out = "".join(ch if ch.isalnum() else "-" for ch in text.lower())
     while "--" in out:
         out = out.replace("--", "-")
     return out.strip("-") or "task"
-
-
-def default_dsg(opts: dict | None) -> bool:
-    """Whether a cell's DiffStateGrad options are its defaults: none given, or only the default rank
-    rule and variance cutoff named (a suite that compares rank rules names the default one too)."""
-    from ..solvers.projection import DiffStateGrad
-
-    d = DiffStateGrad().params()
-    return all(k in ("rank_mode", "var_cutoff") and v == d[k] for k, v in (opts or {}).items())
-
-
-def at_defaults(cfg: dict, guidance: bool = True) -> bool:
-    """A cell of a method at its defaults (not a sweep point); ``guidance``: at guidance x1 too."""
-    return (default_dsg(cfg.get("dsg_opts")) and not cfg.get("hparams")
-            and (not guidance or float(cfg.get("guidance", 1.0)) == 1.0))
 
 
 def _mean(s, metric: str):
@@ -143,193 +84,6 @@ def _mean(s, metric: str):
 def _std(s, metric: str):
     v = (s or {}).get(metric)
     return v.get("std") if isinstance(v, dict) else None
-
-
-# --- the bars of the DiffStateGrad issue (the Fashion-MNIST suite, docs/benchmarks.md) ---------------------
-
-def find(data, where, method, dsg, guidance=1.0):
-    """The summary (and per-image records) of the finished cell at the method's defaults (not a
-    sweep point) on the task ``where``, as a label writes it: 'inpaint[mask=box]', 'phase-retrieval[]'."""
-    for cfg, c in cells(data):
-        if (task_of(c) == where and cfg["method"] == method and cfg["diffstategrad"] == dsg
-                and cfg["guidance"] == guidance and at_defaults(cfg, guidance=False) and c["status"] == "ok"):
-            return {**c["summary"], "images": c.get("images", [])}
-    return None
-
-
-def paired(s: dict, g: float) -> tuple[float, float, int] | None:
-    """The difference of the two PSNR losses per image (with DSG minus without), as mean +- its
-    standard error: whether a difference is larger than the spread over the images explains."""
-    per = {}
-    for (d, gg), cell in s.items():
-        for r in cell["images"]:
-            per.setdefault((r["image"], r["seed"]), {})[(d, gg)] = r["psnr"]
-    diffs = [(v[(True, 1.0)] - v[(True, g)]) - (v[(False, 1.0)] - v[(False, g)])
-             for v in per.values() if len(v) == 4 and all(x is not None for x in v.values())]
-    if len(diffs) < 2:
-        return None
-    m = sum(diffs) / len(diffs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs)), len(diffs)
-
-
-def show_paired(p: tuple[float, float, int] | None) -> str:
-    """``paired()``'s result as 'mean +- s.e. dB', or '-' when there is none."""
-    return "-" if p is None else f"{p[0]:+.2f} +- {p[1]:.2f} dB"
-
-
-def large_steps(data) -> list[float]:
-    return sorted({cfg["guidance"] for cfg, _ in cells(data) if cfg["guidance"] > 1.0}, reverse=True)
-
-
-def robustness(data, where: str, m: str, g: float):
-    """Bar 2 for one task and method: the PSNR each variant loses from x1 to x``g`` (a cell whose
-    every image diverged has no mean PSNR: its loss is unbounded); None until all four cells ran."""
-    s = {(d, gg): find(data, where, m, d, gg) for d in (False, True) for gg in (1.0, g)}
-    if any(v is None for v in s.values()):
-        return None
-    drop = {d: (math.inf if s[(d, g)]["psnr"]["mean"] is None
-                else s[(d, 1.0)]["psnr"]["mean"] - s[(d, g)]["psnr"]["mean"]) for d in (False, True)}
-
-    def show(d):
-        fail = s[(d, g)]["failure_rate"]
-        return ("diverged (every image NaN)" if math.isinf(drop[d])
-                else f"{drop[d]:+.2f} dB" + (f" ({100 * fail:.0f} % failures)" if fail else ""))
-    return {"ok": drop[True] <= drop[False] and math.isfinite(drop[True]), "without": show(False),
-            "with": show(True), "paired": paired(s, g)}
-
-
-def bar2_every_task(data) -> list[str]:
-    """Bar 2 on each of the other tasks the suite runs at a large step size, as one table."""
-    tasks = []
-    for cfg, c in cells(data):
-        if cfg["guidance"] > 1.0 and task_of(c) not in tasks and task_of(c) != "inpaint[mask=box]":
-            tasks.append(task_of(c))
-    rows, met, measured = [], 0, 0
-    for where in tasks:
-        for m in sorted({cfg["method"] for cfg, c in cells(data) if task_of(c) == where and cfg["guidance"] > 1.0}):
-            for g in large_steps(data):
-                if not any(cfg["method"] == m and cfg["guidance"] == g and task_of(c) == where for cfg, c in cells(data)):
-                    continue
-                r = robustness(data, where, m, g)
-                if r is None:
-                    rows.append(f"| {where} | {m} x{g:g} | - | - | - | not measured yet |")
-                    continue
-                measured += 1
-                met += r["ok"]
-                rows.append(f"| {where} | {m} x{g:g} | {r['without']} | {r['with']} | {show_paired(r['paired'])} "
-                            f"| {'met' if r['ok'] else '**missed**'} |")
-    if not rows:
-        return []
-    return [f"   The same bar on the other tasks (met in {met} of {measured} measured):", "",
-            "   | task | method | PSNR loss without DSG | with DSG | paired difference (s.e.) | bar |",
-            "   |---|---|---|---|---|---|", *["   " + r for r in rows], ""]
-
-
-def has_bars(data) -> bool:
-    """Whether the suite holds the cells the bars read: box inpainting with the Gaussian posterior mean
-    and a step-size sweep (the Fashion-MNIST suite)."""
-    return (any(task_of(c) == "inpaint[mask=box]" and cfg["method"] == "posterior-mean" for cfg, c in cells(data))
-            and bool(large_steps(data)))
-
-
-def bars(data) -> list[str]:
-    """The DiffStateGrad issue's three bars, from the numbers: met, missed (with the numbers) or not yet
-    measured (cells still to run)."""
-    out = []
-    from ..models.catalog import METHODS
-
-    diffusion = sorted({cfg["method"] for cfg, _ in cells(data)} - set(NOT_DIFFUSION))
-    # 1. LPIPS on box inpainting against the Gaussian posterior mean
-    ref = find(data, "inpaint[mask=box]", "posterior-mean", False)
-    lines = []
-    for m in diffusion:
-        guided = METHODS[m].gradient_guided if m in METHODS else True
-        for dsg in (False, True) if guided else (False,):  # DDRM, DiffPIR, DDS: no gradient to project
-            s = find(data, "inpaint[mask=box]", m, dsg)
-            if s is None or ref is None or s["lpips"]["mean"] is None or ref["lpips"]["mean"] is None:
-                lines.append(f"  - {m}{' + DSG' if dsg else ''}: not measured yet (or LPIPS unavailable)")
-                continue
-            ok = s["lpips"]["mean"] < ref["lpips"]["mean"]
-            lines.append(f"  - {m}{' + DSG' if dsg else ''}: LPIPS {s['lpips']['mean']:.3f} vs "
-                         f"{ref['lpips']['mean']:.3f} -> {'met' if ok else '**missed**'}")
-    out += ["1. Every diffusion method beats the Gaussian posterior mean in LPIPS on box inpainting:", *lines, ""]
-    # 2. robustness to a large step size (x10; and any other large step the suite measures)
-    lines = []
-    for m in diffusion:
-        for g in large_steps(data):
-            r = robustness(data, "inpaint[mask=box]", m, g)
-            if r is None:
-                if any(cfg["method"] == m and cfg["guidance"] == g for cfg, _ in cells(data)):
-                    lines.append(f"  - {m} x{g:g}: not measured yet")
-                continue
-            lines.append(f"  - {m} x{g:g}: PSNR loss without DSG {r['without']}, with DSG {r['with']} "
-                         f"-> {'met' if r['ok'] else '**missed**'}" + ("" if r["paired"] is None else
-                         f"; paired difference {show_paired(r['paired'])} (s.e., {r['paired'][2]} images)"))
-    out += ["2. At the large step size (x10), DiffStateGrad loses less PSNR than the method alone (box inpainting; "
-            "the loss is against the same method at x1):", *lines, "", *bar2_every_task(data)]
-    # 3. phase retrieval failure rate
-    lines = []
-    for m in diffusion:
-        a, b = find(data, "phase-retrieval[]", m, False), find(data, "phase-retrieval[]", m, True)
-        if a is None or b is None:
-            if any(cfg["method"] == m and cfg["task"] == "phase-retrieval" for cfg, _ in cells(data)):
-                lines.append(f"  - {m}: not measured yet")
-            continue
-        ok = b["failure_rate"] <= a["failure_rate"]
-        lines.append(f"  - {m}: failure rate without DSG {100 * a['failure_rate']:.0f} %, with DSG "
-                     f"{100 * b['failure_rate']:.0f} % -> {'met' if ok else '**missed**'}")
-    out += ["3. Phase retrieval (best of 4): the failure rate with DiffStateGrad is not worse than without:", *lines, ""]
-    return out
-
-
-def notes(data, base: Path) -> list[str]:
-    """The hand-written notes beside the suite file (``benchmarks/fmnist-notes.md`` for
-    ``benchmarks/fmnist.toml``), if any: the suite file as recorded, from here or from the results' folder."""
-    f = (data.get("suite") or {}).get("file")
-    if not f:
-        return []
-    for root in (Path.cwd(), base, *base.resolve().parents):
-        p = root / Path(f).with_name(Path(f).stem + "-notes.md")
-        if p.is_file():
-            return p.read_text().splitlines()
-    return []
-
-
-# --- merging shards ----------------------------------------------------------------------------------------
-
-def _finished(cell: dict) -> float:
-    """When the cell finished (POSIX seconds; a time without a zone is UTC); cells from before the time
-    was recorded, or with one that cannot be read: minus infinity, the oldest."""
-    from datetime import datetime, timezone
-
-    try:
-        t = datetime.fromisoformat(cell["finished"])
-    except (KeyError, TypeError, ValueError):
-        return float("-inf")
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def merge(datas: list[dict], order: list[str] | None = None) -> dict:
-    """One results dict from several runs of the same suite, cell by cell: a finished ("ok") cell over a
-    skipped or failed one; of two finished, one made by its method's current revision over an outdated
-    one, then the one finished later (a ``--rerun``; a cell from before the time was recorded counts as
-    the oldest), then the earlier file's.  ``order``: the cell keys in the suite's order (default: as
-    the files list them, the first file's first)."""
-    rank = {"ok": 0, "skipped": 1, "failed": 2}
-    if order is None:
-        order = list(dict.fromkeys(k for d in datas for k in d["cells"]))
-    merged = {**datas[0], "cells": {}, "models": {}}
-    for d in datas:
-        merged["models"].update(d.get("models", {}))
-    for key in order:
-        found = [d["cells"][key] for d in datas if key in d["cells"]]
-        if found:
-            merged["cells"][key] = min(found, key=lambda c: (rank.get(c.get("status"), 3), outdated(c), -_finished(c)))
-    started = [d["started"] for d in datas if d.get("started")]
-    finished = [d["finished"] for d in datas if d.get("finished")]
-    merged["started"] = min(started) if started else None
-    merged["finished"] = max(finished) if len(finished) == len(datas) else None
-    return merged
 
 
 # --- the figures' numbers ------------------------------------------------------------------------------------
@@ -374,22 +128,17 @@ def _tasks(data) -> list[str]:
     return list(dict.fromkeys(task_of(c) for _, c in cells(data)))
 
 
-def _samples_of(c: dict) -> list[dict]:
-    s = c.get("samples")
-    return [r for r in s if isinstance(r, dict) and r.get("restored")] if isinstance(s, list) else []
-
-
 def grid_figures(data, base: Path, source: str | None = None) -> list[Figure]:
     """Per task: the saved images of the cells at their defaults (``base``: the folder of results.json)."""
     figs = []
     for where in _tasks(data):
         series = {k: v[0] for k, v in _series(data, where).items()
-                  if v[0].get("status") == "ok" and _samples_of(v[0])}
+                  if v[0].get("status") == "ok" and samples_of(v[0])}
         if not series:
             continue
         keys = _ordered(series)
         names = _labels(keys)
-        first = _samples_of(series[keys[0]])
+        first = samples_of(series[keys[0]])
         rows = []
         for s in first:
             im, seed = s["image"], s.get("seed")
@@ -397,7 +146,7 @@ def grid_figures(data, base: Path, source: str | None = None) -> list[Figure]:
                          "psnr": None, "file": s["measurement"], "missing": s.get("missing")})
             for k in keys:
                 c = series[k]
-                mine = next((r for r in _samples_of(c) if r["image"] == im and r.get("seed") == seed), None)
+                mine = next((r for r in samples_of(c) if r["image"] == im and r.get("seed") == seed), None)
                 if mine is None:
                     continue
                 rec = next((r for r in c.get("images", []) if r.get("image") == im and r.get("seed") == seed), {})
@@ -688,17 +437,6 @@ def markdown(data: dict, figs: list[Figure], left: list[str], rel: str, base: Pa
     except (KeyError, TypeError, AttributeError) as e:  # an older results.json the table cannot read
         lines += ["## Results", "", f"(the table cannot be drawn from this results.json: {type(e).__name__} {e})", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def anchor_samples(data: dict, folder: Path) -> dict:
-    """``data`` with its cells' saved-image paths made absolute against ``folder`` (its results.json's), so
-    that shards from different folders still find their images once merged."""
-    for c in (data.get("cells") or {}).values():
-        for r in _samples_of(c) if isinstance(c, dict) else []:
-            for k in ("measurement", "restored", "truth", "mask"):
-                if isinstance(r.get(k), str) and not Path(r[k]).is_absolute():
-                    r[k] = str((Path(folder) / r[k]).resolve())
-    return data
 
 
 def merged_path(out_dir: Path, name: str) -> Path:

@@ -11,16 +11,32 @@ import functools
 import json
 from pathlib import Path
 
-from .suite import SuiteError, _read, dsg_setting
+from .suite import SuiteError, dsg_setting
 
 DEFAULT_TOLERANCES = {"psnr": 0.5, "ssim": 0.02, "lpips": 0.02, "failure_rate": 0.10}
 
 
-def load_results(path: Path) -> dict:
-    """A results.json written by :func:`restore_cli.bench.runner.run_suite` (a baseline)."""
-    data = _read(path, "baseline", json.loads, json.JSONDecodeError, "JSON")
-    if not isinstance(data, dict) or "cells" not in data:
+def load_results(path: Path, what: str = "results file", need_cells: bool = True) -> dict:
+    """A results.json written by :func:`restore_cli.bench.runner.run_suite`, or :class:`SuiteError` with one line
+    (missing, unreadable, empty, not JSON, no ``cells``; with ``need_cells``, none run yet).  ``what``: how the
+    message names it (a ``baseline``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SuiteError(f"{path}: cannot read it ({e})") from None
+    if not text.strip():
+        raise SuiteError(f"{path}: empty file, not a restore bench results.json")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SuiteError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
         raise SuiteError(f"{path}: not a restore bench results.json (no 'cells')")
+    if need_cells and not data["cells"]:
+        raise SuiteError(f"{path}: no cells (the suite has not run a cell yet)")
     return data
 
 
@@ -149,3 +165,89 @@ def compare(current: dict, baseline: dict, tol: dict[str, float]) -> list[dict]:
             worse.append({"cell": label, "metric": "failure_rate", "baseline": bs["failure_rate"],
                           "now": cs["failure_rate"], "limit": tol["failure_rate"]})
     return worse
+
+
+# --- reading and merging results files (restore bench report) -------------------------------------------
+
+def cells(data):
+    """Every cell the suite plans that can run (a skipped cell's method does not support its task):
+    (config, cell)."""
+    for c in data["cells"].values():
+        if isinstance(c, dict) and isinstance(c.get("config"), dict) and c.get("status") != "skipped":
+            yield c["config"], c
+
+
+def task_of(c) -> str:
+    """A cell's task with its options, as its label writes it: 'inpaint[mask=box]', 'hdr[]'."""
+    label = c.get("label")
+    if label:
+        return label.split()[0]
+    cfg = c["config"]
+    return f"{cfg['task']}[{','.join(f'{k}={v}' for k, v in sorted((cfg.get('task_opts') or {}).items()))}]"
+
+
+def default_dsg(opts: dict | None) -> bool:
+    """Whether a cell's DiffStateGrad options are its defaults: none given, or only the default rank
+    rule and variance cutoff named (a suite that compares rank rules names the default one too)."""
+    from ..solvers.projection import DiffStateGrad
+
+    d = DiffStateGrad().params()
+    return all(k in ("rank_mode", "var_cutoff") and v == d[k] for k, v in (opts or {}).items())
+
+
+def at_defaults(cfg: dict, guidance: bool = True) -> bool:
+    """A cell of a method at its defaults (not a sweep point); ``guidance``: at guidance x1 too."""
+    return (default_dsg(cfg.get("dsg_opts")) and not cfg.get("hparams")
+            and (not guidance or float(cfg.get("guidance", 1.0)) == 1.0))
+
+
+def samples_of(c: dict) -> list[dict]:
+    """A cell's saved restorations (``samples``, written by the run for the report's grids)."""
+    s = c.get("samples")
+    return [r for r in s if isinstance(r, dict) and r.get("restored")] if isinstance(s, list) else []
+
+
+def _finished(cell: dict) -> float:
+    """When the cell finished (POSIX seconds; a time without a zone is UTC); cells from before the time
+    was recorded, or with one that cannot be read: minus infinity, the oldest."""
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(cell["finished"])
+    except (KeyError, TypeError, ValueError):
+        return float("-inf")
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def merge(datas: list[dict], order: list[str] | None = None) -> dict:
+    """One results dict from several runs of the same suite, cell by cell: a finished ("ok") cell over a
+    skipped or failed one; of two finished, one made by its method's current revision over an outdated
+    one, then the one finished later (a ``--rerun``; a cell from before the time was recorded counts as
+    the oldest), then the earlier file's.  ``order``: the cell keys in the suite's order (default: as
+    the files list them, the first file's first)."""
+    rank = {"ok": 0, "skipped": 1, "failed": 2}
+    if order is None:
+        order = list(dict.fromkeys(k for d in datas for k in d["cells"]))
+    merged = {**datas[0], "cells": {}, "models": {}}
+    for d in datas:
+        merged["models"].update(d.get("models", {}))
+    for key in order:
+        found = [d["cells"][key] for d in datas if key in d["cells"]]
+        if found:
+            merged["cells"][key] = min(found, key=lambda c: (rank.get(c.get("status"), 3), outdated(c), -_finished(c)))
+    started = [d["started"] for d in datas if d.get("started")]
+    finished = [d["finished"] for d in datas if d.get("finished")]
+    merged["started"] = min(started) if started else None
+    merged["finished"] = max(finished) if len(finished) == len(datas) else None
+    return merged
+
+
+def anchor_samples(data: dict, folder: Path) -> dict:
+    """``data`` with its cells' saved-image paths made absolute against ``folder`` (its results.json's), so
+    that shards from different folders still find their images once merged."""
+    for c in (data.get("cells") or {}).values():
+        for r in samples_of(c) if isinstance(c, dict) else []:
+            for k in ("measurement", "restored", "truth", "mask"):
+                if isinstance(r.get(k), str) and not Path(r[k]).is_absolute():
+                    r[k] = str((Path(folder) / r[k]).resolve())
+    return data

@@ -66,7 +66,7 @@ def bench_cmd(
         plan = load_suite(suite, images=images, models_file=models_file, steps=steps, kernel_model=kernel_model,
                           overrides=set_)
         dev = resolve_device(device)
-        base = None if baseline is None else load_results(baseline)
+        base = None if baseline is None else load_results(baseline, "baseline", need_cells=False)
     except (SuiteError, UsageError) as e:
         raise typer.Exit(usage_error(str(e)))
     quiet_libraries()
@@ -167,8 +167,8 @@ def report_cmd(
     Example: [bold]restore bench report bench/fmnist/results.json[/bold]; the committed page:
     [bold]restore bench report docs/benchmarks.json -o docs --name benchmarks --grids-from bench/regression/results.json[/bold]
     """
-    from ..bench.report import ReportError, load, merge, merged_path, write_report
-    from ..bench.results import parse_tolerances
+    from ..bench.report import ReportError, merged_path, write_report
+    from ..bench.results import anchor_samples, load_results, merge, parse_tolerances
     from ..bench.suite import SuiteError
 
     try:
@@ -177,11 +177,11 @@ def report_cmd(
             raise ReportError(f"--name {name!r}: a plain file name without a folder")
         if name == "results":
             raise ReportError("--name results would write over restore bench's own results.md: choose another name")
-        datas = [load(p) for p in results]
-        base = None if baseline is None else load(baseline)
+        datas = [load_results(p) for p in results]
+        base = None if baseline is None else load_results(baseline, "baseline")
         grids = None
         if grids_from is not None:
-            g = load(grids_from)
+            g = load_results(grids_from)
             grids = (g, grids_from.parent, f"{(g.get('suite') or {}).get('name', '?')} run {grids_from}")
         out_dir = output or results[0].parent
         merged = None
@@ -198,8 +198,6 @@ def report_cmd(
         + ([f"--name {name}"] if name != "report" else []) + ([f"--baseline {baseline}"] if baseline else []) \
         + ([f"--grids-from {grids_from}"] if grids_from else [])
     if len(datas) > 1:
-        from ..bench.report import anchor_samples
-
         datas = [anchor_samples(d, p.parent) for d, p in zip(datas, results)]
         data = {**merge(datas), "merged_from": [str(p) for p in results]}
     else:
