@@ -26,19 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from restore_cli.bench.throughput import build  # the random-weight folder of a real model, built once
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def build(name: str, workdir: Path) -> Path:
-    """The random-weight folder of ``name`` (built once, in a child process so its memory is returned)."""
-    d = workdir / name
-    if (d / ".complete").exists():
-        return d
-    code = ("import sys; from restore_cli.models.config import load_registry; from restore_cli.models.testing import save_random_model; "
-            "import shutil, pathlib; d = pathlib.Path(sys.argv[2]); shutil.rmtree(d, ignore_errors=True); "
-            "save_random_model(load_registry().get(sys.argv[1]), d); (d / '.complete').write_text('ok')")
-    subprocess.run([sys.executable, "-c", code, name, str(d)], check=True)
-    return d
 
 
 def image_for(size: int, workdir: Path) -> Path:
