@@ -114,7 +114,7 @@ class SuiteFID:
         self.device = device
         self.available, self.why = fid_status()
         self.network = load_inception(device=device) if self.available else None
-        self._refs: dict = {}
+        self.references: dict = {}  # (image index, working shape) -> its features
 
     def cell(self) -> "CellFID":
         return CellFID(self)
@@ -136,9 +136,9 @@ class CellFID:
         f = self.per_seed.setdefault(seed, FID(self.suite.network, device=self.suite.device))
         for k, i in enumerate(ids):
             key = (i, tuple(reference.shape[1:]))
-            if key not in self.suite._refs:
-                self.suite._refs[key] = f.features(reference[k:k + 1])
-            f.update_features(self.suite._refs[key], real=True)
+            if key not in self.suite.references:
+                self.suite.references[key] = f.features(reference[k:k + 1])
+            f.update_features(self.suite.references[key], real=True)
         f.update(restored, real=False)
 
     def summary(self) -> dict:

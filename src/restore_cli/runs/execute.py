@@ -259,13 +259,8 @@ class Batch:
     items: list[tuple]
     prepared: list[tuple]
     x: torch.Tensor  # the working images on the device
-    t0: float  # when the batch started
     solved: SolvedBatch | None = None
-    seconds: float = 0.0  # wall time per image from t0 to the end of the solve
-
-    @property
-    def idx(self) -> list[int]:
-        return [i for i, _, _ in self.items]
+    seconds: float = 0.0  # wall time per image from the batch's start to the end of its solve
 
     @property
     def shape(self) -> tuple:
@@ -394,7 +389,7 @@ def _process(run: RunContext, items: list[tuple]) -> dict:
     t0 = time.time()
     idx = [i for i, _, _ in items]
     prepared = [_measurement_inputs(plan, img, run.native_hw) for _, img, _ in items]
-    batch = Batch(items, prepared, torch.stack([p[0] for p in prepared]).to(plan.device), t0)
+    batch = Batch(items, prepared, torch.stack([p[0] for p in prepared]).to(plan.device))
 
     def on_step(info: StepInfo):
         run.emit("step", {"step": info.step, "total": info.total, "images": [stems[i] for i in idx]})
